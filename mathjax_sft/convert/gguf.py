@@ -1,0 +1,136 @@
+"""GGUF (llama.cpp) import: dequantize, rename to HF names, undo llama.cpp's q/k permutation.
+
+The result is a stream of HF-named tensors fed through the same table as safetensors import,
+so GGUF files only add three things: metadata -> config, names -> HF names, and the inverse of
+the rotary permutation llama.cpp's converter applies to q_proj/k_proj.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mathjax_sft.model.config import ModelConfig
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+
+
+def _reader(path: str | Path):
+  import gguf
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file {path} not found")
+  try:
+    return gguf.GGUFReader(str(path))
+  except Exception as e:  # the gguf package raises ValueError/struct errors on bad files
+    raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def _field(reader, key: str, path, default=None):
+  field = reader.fields.get(key)
+  if field is None:
+    if default is not None:
+      return default
+    raise ValueError(f"{path}: GGUF metadata has no {key!r}")
+  return field.contents()
+
+
+def config_from_gguf(path: str | Path, reader=None) -> ModelConfig:
+  reader = reader or _reader(path)
+  arch = _field(reader, "general.architecture", path)
+  if arch != "llama":
+    raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; only 'llama' is supported")
+  names = {t.name for t in reader.tensors}
+  embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+  hidden = int(_field(reader, "llama.embedding_length", path))
+  heads = int(_field(reader, "llama.attention.head_count", path))
+  head_dim = int(_field(reader, "llama.rope.dimension_count", path, hidden // heads))
+  eps = float(np.float32(_field(reader, "llama.attention.layer_norm_rms_epsilon", path)))
+  eos = _field(reader, "tokenizer.ggml.eos_token_id", path, -1)
+  pad = _field(reader, "tokenizer.ggml.padding_token_id", path, -1)
+  bos = _field(reader, "tokenizer.ggml.bos_token_id", path, -1)
+  if "llama.rope.scaling.type" in reader.fields:
+    raise ValueError(f"{path}: GGUF rope scaling is not supported")
+  return ModelConfig(
+      vocab_size=int(_field(reader, "llama.vocab_size", path, int(embd.shape[-1]))),
+      hidden_size=hidden,
+      intermediate_size=int(_field(reader, "llama.feed_forward_length", path)),
+      num_layers=int(_field(reader, "llama.block_count", path)),
+      num_heads=heads,
+      num_kv_heads=int(_field(reader, "llama.attention.head_count_kv", path, heads)),
+      head_dim=head_dim,
+      rope_theta=float(_field(reader, "llama.rope.freq_base", path, 10000.0)),
+      rms_norm_eps=round(eps, 12),
+      max_position_embeddings=int(_field(reader, "llama.context_length", path, 4096)),
+      tie_word_embeddings="output.weight" not in names,
+      bos_token_id=None if bos < 0 else int(bos),
+      eos_token_ids=() if eos < 0 else (int(eos),),
+      pad_token_id=None if pad < 0 else int(pad),
+  )
+
+
+def unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """Inverse of llama.cpp's `permute` of q/k rows (interleaved -> rotate-half), [out, in]."""
+  half = w.shape[0] // n_heads // 2
+  return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """llama.cpp's permutation (rotate-half -> interleaved); used to test `unpermute_rotary`."""
+  half = w.shape[0] // n_heads // 2
+  return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def iter_gguf_tensors(path: str | Path, cfg: ModelConfig | None = None, reader=None
+                      ) -> Iterator[tuple[str, Path, np.ndarray]]:
+  """Yields (HF name, file, float32 array in HF [out, in] layout), one tensor at a time."""
+  from gguf import quants
+  reader = reader or _reader(path)
+  cfg = cfg or config_from_gguf(path, reader)
+  for t in reader.tensors:
+    m = _LAYER_RE.match(t.name)
+    if m:
+      kind = m.group(2)
+      if kind not in _LAYER_NAMES:
+        raise ValueError(f"{path}: unknown GGUF tensor {t.name!r}")
+      name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[kind]}.weight"
+    elif t.name in _GLOBAL_NAMES:
+      name = _GLOBAL_NAMES[t.name]
+    elif t.name == "rope_freqs.weight":
+      raise ValueError(f"{path}: tensor rope_freqs.weight (rope scaling) is not supported")
+    else:
+      raise ValueError(f"{path}: unknown GGUF tensor {t.name!r}")
+    shape = tuple(int(s) for s in reversed(t.shape))      # GGUF lists dims fastest-first
+    array = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+    if name.endswith("q_proj.weight"):
+      array = unpermute_rotary(array, cfg.num_heads)
+    elif name.endswith("k_proj.weight"):
+      array = unpermute_rotary(array, cfg.num_kv_heads)
+    yield name, Path(path), array
+
+
+def save_gguf_tokenizer(path: str | Path, out_dir: str | Path) -> None:
+  """Builds a HF tokenizer (with chat template) from the GGUF's metadata into out_dir."""
+  from transformers import AutoTokenizer
+  path = Path(path)
+  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  tok.save_pretrained(str(out_dir))

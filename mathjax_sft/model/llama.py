@@ -1,0 +1,390 @@
+"""LLaMA-family decoder as pure functions over a parameter pytree.
+
+Parameters are a nested dict of arrays whose layout mirrors HF's tensors up to transposes and
+reshapes (rotate-half RoPE, so no q/k permutation):
+
+  embed       [vocab, embed]
+  layers/     stacked over a leading `layers` axis (or a list of per-layer dicts, see below)
+    attn_norm [embed]            wq [embed, heads, head_dim]     wk, wv [embed, kv_heads, head_dim]
+    mlp_norm  [embed]            wo [heads, head_dim, embed]
+    w_gate, w_up [embed, mlp]    w_down [mlp, embed]
+  final_norm  [embed]
+  lm_head     [embed, vocab]     (absent with tied embeddings)
+
+`params["layers"]` is either a dict of stacked `[layers, ...]` arrays — the checkpoint layout,
+run with `lax.scan` — or a list of per-layer dicts, run as an unrolled Python loop (faster
+decode on CPU/GPU); `unstack_layers` / `stack_layers` convert between the two.
+
+Every parameter declares its logical axes (`param_specs`), from which shardings are derived by
+`mathjax_sft.sharding.rules`; nothing in this file knows about meshes.
+
+Attention handles three key sources, concatenated before one softmax:
+  * the new tokens themselves (training / plain forward: causal + packed-segment mask),
+  * a KV cache (`KVCache`, a ring buffer with a per-slot validity mask) for decoding,
+  * a shared prefix (`Prefix`): one prompt cache per problem, read by all its samples without
+    copies — rows of the batch are grouped `[problems, samples_per_problem]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mathjax_sft.model.config import ModelConfig
+from mathjax_sft.model.rope import apply_rope, rope_tables
+
+Params = dict[str, Any]
+NEG_INF = -1e30
+
+
+# ---- parameter declarations ----------------------------------------------------------------
+
+class ParamSpec(NamedTuple):
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  init: str  # "normal" (std = initializer_range) or "ones"
+
+
+INIT_STD = 0.02
+
+
+def param_specs(cfg: ModelConfig, stacked: bool = True) -> Params:
+  """Shape, logical axes and initializer of every parameter (stacked layer layout by default)."""
+  e, m, h, k, d, v = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                      cfg.head_dim, cfg.vocab_size)
+  layer = {
+      "attn_norm": ParamSpec((e,), ("norm",), "ones"),
+      "wq": ParamSpec((e, h, d), ("embed", "heads", "head_dim"), "normal"),
+      "wk": ParamSpec((e, k, d), ("embed", "kv_heads", "head_dim"), "normal"),
+      "wv": ParamSpec((e, k, d), ("embed", "kv_heads", "head_dim"), "normal"),
+      "wo": ParamSpec((h, d, e), ("heads", "head_dim", "embed"), "normal"),
+      "mlp_norm": ParamSpec((e,), ("norm",), "ones"),
+      "w_gate": ParamSpec((e, m), ("embed", "mlp"), "normal"),
+      "w_up": ParamSpec((e, m), ("embed", "mlp"), "normal"),
+      "w_down": ParamSpec((m, e), ("mlp", "embed"), "normal"),
+  }
+  if stacked:
+    layers = {n: ParamSpec((cfg.num_layers,) + s.shape, ("layers",) + s.axes, s.init)
+              for n, s in layer.items()}
+  else:
+    layers = [dict(layer) for _ in range(cfg.num_layers)]
+  specs: Params = {
+      "embed": ParamSpec((v, e), ("vocab", "embed"), "normal"),
+      "layers": layers,
+      "final_norm": ParamSpec((e,), ("norm",), "ones"),
+  }
+  if not cfg.tie_word_embeddings:
+    specs["lm_head"] = ParamSpec((e, v), ("embed", "vocab"), "normal")
+  return specs
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, ParamSpec)
+
+
+def param_axes(cfg: ModelConfig, stacked: bool = True) -> Params:
+  """Pytree of logical-axes tuples matching the params."""
+  return jax.tree.map(lambda s: s.axes, param_specs(cfg, stacked), is_leaf=_is_spec)
+
+
+def abstract_params(cfg: ModelConfig, stacked: bool = True, shardings: Any = None) -> Params:
+  """Pytree of `jax.ShapeDtypeStruct` (optionally with shardings): nothing is allocated."""
+  dtype = jnp.dtype(cfg.param_dtype)
+  specs = param_specs(cfg, stacked)
+  if shardings is None:
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=_is_spec)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh), specs,
+                      shardings, is_leaf=_is_spec)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, shardings: Any = None,
+                stacked: bool = True) -> Params:
+  """Random initialisation in one jit, each tensor created directly in its sharding."""
+  specs = param_specs(cfg, stacked)
+  leaves, treedef = jax.tree.flatten(specs, is_leaf=_is_spec)
+  dtype = jnp.dtype(cfg.param_dtype)
+
+  def make(key):
+    keys = jax.random.split(key, len(leaves))
+    out = [jnp.ones(s.shape, dtype) if s.init == "ones"
+           else (INIT_STD * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
+           for s, k in zip(leaves, keys)]
+    return treedef.unflatten(out)
+
+  return jax.jit(make, out_shardings=shardings)(key)
+
+
+def unstack_layers(params: Params) -> Params:
+  """Stacked `[layers, ...]` dict -> list of per-layer dicts (unrolled forward)."""
+  layers = params["layers"]
+  if isinstance(layers, (list, tuple)):
+    return params
+  n = next(iter(layers.values())).shape[0]
+  out = dict(params)
+  out["layers"] = [{k: v[i] for k, v in layers.items()} for i in range(n)]
+  return out
+
+
+def stack_layers(params: Params) -> Params:
+  """List of per-layer dicts -> stacked `[layers, ...]` dict (checkpoint / scan layout)."""
+  layers = params["layers"]
+  if isinstance(layers, dict):
+    return params
+  out = dict(params)
+  out["layers"] = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
+  return out
+
+
+# ---- caches ----------------------------------------------------------------------------------
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Per-row decode cache, a ring buffer of `slots` entries.
+
+  k, v:  [layers, batch, kv_heads, slots, head_dim] (stacked) or a tuple of per-layer
+         [batch, kv_heads, slots, head_dim] arrays (unrolled forward).
+  valid: [batch, slots] bool — which slots hold a key this row may attend to.
+  index: int32 scalar — the slot the next token is written to (mod slots). A multi-token write
+         must not wrap around the ring end.
+  """
+  k: Any
+  v: Any
+  valid: jax.Array
+  index: jax.Array
+
+  @property
+  def num_slots(self) -> int:
+    return self.valid.shape[1]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Prefix:
+  """Keys/values of one prompt per problem, shared by `batch // problems` consecutive rows.
+
+  k, v:  [layers, problems, kv_heads, prefix_len, head_dim] or a tuple per layer.
+  valid: [problems, prefix_len] bool.
+  """
+  k: Any
+  v: Any
+  valid: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int, stacked: bool = True,
+               dtype: str | None = None) -> KVCache:
+  """An empty cache; `stacked` must match the params' layer layout (see `unstack_layers`)."""
+  dtype = jnp.dtype(dtype or "float32")
+  shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
+  if stacked:
+    k = jnp.zeros((cfg.num_layers,) + shape, dtype)
+    v = jnp.zeros((cfg.num_layers,) + shape, dtype)
+  else:
+    k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(k=k, v=v, valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
+
+
+# ---- layers ----------------------------------------------------------------------------------
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+  dtype = x.dtype
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale.astype(dtype) * x32.astype(dtype)
+
+
+def _dot(eq: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+class _Keys(NamedTuple):
+  """One key/value source: k, v [batch, kv_heads, keys, head_dim]; mask [batch, seq, keys]."""
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+
+
+def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> jax.Array:
+  """q [b, t, heads, d] against several key sources (+ a grouped prefix) -> [b, t, heads, d]."""
+  b, t, h, d = q.shape
+  kvh = sources[0].k.shape[1]
+  g = h // kvh
+  scale = d ** -0.5
+  q = (q.astype(jnp.float32) * scale).astype(dtype).reshape(b, t, kvh, g, d)
+  scores, values = [], []
+  if prefix is not None:
+    pk, pv, pvalid = prefix                       # [p, kvh, tp, d], [p, tp]
+    p = pk.shape[0]
+    qp = q.reshape(p, b // p, t, kvh, g, d)
+    s = jnp.einsum("pntkgd,pksd->pnkgts", qp, pk.astype(dtype), preferred_element_type=jnp.float32)
+    s = jnp.where(pvalid[:, None, None, None, None, :], s, NEG_INF)
+    scores.append(s.reshape(b, kvh, g, t, -1))
+  for src in sources:
+    s = jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
+    scores.append(jnp.where(src.mask[:, None, None, :, :], s, NEG_INF))
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dtype)
+  out = jnp.zeros((b, kvh, g, t, d), jnp.float32)
+  offset = 0
+  if prefix is not None:
+    tp = pk.shape[2]
+    pp = probs[..., offset:offset + tp].reshape(p, b // p, kvh, g, t, tp)
+    out += jnp.einsum("pnkgts,pksd->pnkgtd", pp, pv.astype(dtype),
+                      preferred_element_type=jnp.float32).reshape(b, kvh, g, t, d)
+    offset += tp
+  for src in sources:
+    n = src.k.shape[2]
+    out += jnp.einsum("bkgts,bksd->bkgtd", probs[..., offset:offset + n], src.v.astype(dtype),
+                      preferred_element_type=jnp.float32)
+    offset += n
+  return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: jax.Array | None,
+           cache_kv: tuple | None, cache_ctx: tuple | None, prefix_kv: tuple | None,
+           cfg: ModelConfig) -> tuple[jax.Array, tuple | None]:
+  """One decoder layer. x [b, t, embed]. Returns (x, updated (k, v) cache of this layer)."""
+  dtype = x.dtype
+  h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+  q = apply_rope(_dot("bte,ehd->bthd", h, lp["wq"], dtype), cos, sin)
+  k = apply_rope(_dot("bte,ekd->btkd", h, lp["wk"], dtype), cos, sin)
+  v = _dot("bte,ekd->btkd", h, lp["wv"], dtype)
+  k_t, v_t = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [b, kvh, t, d]
+  new_cache = None
+  if cache_kv is None:
+    sources = [_Keys(k_t, v_t, self_mask)]
+  else:
+    ck, cv = cache_kv
+    write_at, mask = cache_ctx
+    ck = jax.lax.dynamic_update_slice_in_dim(ck, k_t.astype(ck.dtype), write_at, axis=2)
+    cv = jax.lax.dynamic_update_slice_in_dim(cv, v_t.astype(cv.dtype), write_at, axis=2)
+    new_cache = (ck, cv)
+    sources = [_Keys(ck, cv, mask)]
+  pre = None
+  if prefix_kv is not None:
+    pre = (prefix_kv[0], prefix_kv[1], prefix_kv[2])
+  attn = _attend(q, sources, pre, dtype)
+  x = x + _dot("bthd,hde->bte", attn, lp["wo"], dtype)
+  h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+  gate = _dot("bte,em->btm", h, lp["w_gate"], dtype)
+  up = _dot("bte,em->btm", h, lp["w_up"], dtype)
+  x = x + _dot("btm,me->bte", jax.nn.silu(gate) * up, lp["w_down"], dtype)
+  return x, new_cache
+
+
+def _self_mask(segment_ids: jax.Array) -> jax.Array:
+  """[b, t, t] causal mask within packed segments; segment 0 is padding."""
+  t = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return causal[None] & same & (segment_ids[:, None, :] != 0)
+
+
+def _cache_context(cache: KVCache, token_valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where the new tokens go and what each may see. Returns (write_at, mask [b,t,slots], valid)."""
+  slots = cache.num_slots
+  t = token_valid.shape[1]
+  write_at = cache.index % slots
+  age = (jnp.arange(slots) - write_at) % slots                     # [slots]; < t: written now
+  is_new = age < t
+  new_valid = token_valid[:, jnp.minimum(age, t - 1)]               # [b, slots]
+  valid = jnp.where(is_new[None, :], new_valid, cache.valid)
+  visible_new = is_new[None, :] & (age[None, :] <= jnp.arange(t)[:, None])   # [t, slots]
+  mask = jnp.where(is_new[None, None, :], visible_new[None] & new_valid[:, None, :],
+                   cache.valid[:, None, :])
+  return write_at, mask, valid
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
+            *, segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+            prefix: Prefix | None = None, logits_dtype=jnp.float32,
+            return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+  """Logits [batch, seq, vocab] for tokens [batch, seq].
+
+  positions:   [batch, seq] RoPE positions (default 0..seq-1).
+  segment_ids: [batch, seq] packed-sequence ids, 0 = padding (default all 1). Without a cache
+               they restrict attention to the same segment; with a cache, 0 marks tokens that are
+               written but never attended to (left padding).
+  cache:       decode cache; the new tokens are written at `cache.index` and attend to the valid
+               cache slots (plus each other causally). The updated cache is returned.
+  prefix:      shared per-problem prompt keys (rows grouped as [problems, batch // problems]).
+  """
+  b, t = tokens.shape
+  dtype = jnp.dtype(cfg.compute_dtype)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  cos, sin = rope_tables(positions, cfg)
+  x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+
+  self_mask = ctx = new_valid = None
+  if cache is None:
+    self_mask = _self_mask(segment_ids)
+  else:
+    write_at, mask, new_valid = _cache_context(cache, segment_ids != 0)
+    ctx = (write_at, mask)
+
+  layers = params["layers"]
+  unrolled = isinstance(layers, (list, tuple))
+  for name, c in (("cache", cache), ("prefix", prefix)):
+    if c is not None and isinstance(c.k, (list, tuple)) != unrolled:
+      raise ValueError(f"{name} layout ({'per-layer' if isinstance(c.k, (list, tuple)) else 'stacked'})"
+                       f" does not match the params ({'per-layer' if unrolled else 'stacked'})")
+  new_k, new_v = [], []
+  if unrolled:
+    for i, lp in enumerate(layers):
+      ckv = None if cache is None else (cache.k[i], cache.v[i])
+      pkv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
+      block = jax.checkpoint(_block, static_argnums=(8,)) if cfg.remat else _block
+      x, upd = block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
+      if upd is not None:
+        new_k.append(upd[0])
+        new_v.append(upd[1])
+    stacked_k, stacked_v = tuple(new_k), tuple(new_v)
+  else:
+    def body(x, xs):
+      lp, ck, cv, pk, pv = xs
+      ckv = None if ck is None else (ck, cv)
+      pkv = None if pk is None else (pk, pv, prefix.valid)
+      x, upd = _block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
+      return x, (None, None) if upd is None else upd
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    xs = (layers,
+          None if cache is None else cache.k, None if cache is None else cache.v,
+          None if prefix is None else prefix.k, None if prefix is None else prefix.v)
+    x, (stacked_k, stacked_v) = jax.lax.scan(body, x, xs)
+
+  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  new_cache = None
+  if cache is not None:
+    new_cache = KVCache(k=stacked_k, v=stacked_v, valid=new_valid, index=cache.index + t)
+  if return_hidden:
+    return x, new_cache
+  return lm_head(params, cfg, x, logits_dtype), new_cache
+
+
+def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, logits_dtype=jnp.float32) -> jax.Array:
+  """x [..., embed] -> logits [..., vocab] (tied embeddings use `embed` transposed)."""
+  dtype = x.dtype
+  if cfg.tie_word_embeddings:
+    return jnp.einsum("...e,ve->...v", x, params["embed"].astype(dtype),
+                      preferred_element_type=jnp.float32).astype(logits_dtype)
+  return jnp.einsum("...e,ev->...v", x, params["lm_head"].astype(dtype),
+                    preferred_element_type=jnp.float32).astype(logits_dtype)
+
+
+def prefix_from_cache(cache: KVCache) -> Prefix:
+  """Turns a prefilled cache (one row per problem, written from slot 0) into a shared Prefix."""
+  return Prefix(k=cache.k, v=cache.v, valid=cache.valid)
+
+
+def to_numpy_tree(params: Params) -> Params:
+  return jax.tree.map(np.asarray, params)

@@ -1,0 +1,173 @@
+"""A sampling run: problems -> prompts -> N samples each -> graded records -> summary.json.
+
+Resumable: `samples.jsonl` gets one line per finished problem (append-only, fsynced); a re-run
+with the same settings skips problems already written. Problems are batched in a fixed order, so
+a batch recomputed after a crash holds the same problems as before and gives the same samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+
+from mathjax_sft.checkpoint import params as ckpt
+from mathjax_sft.data import templates
+from mathjax_sft.eval import metrics, problems as problems_lib, records as records_lib
+from mathjax_sft.eval.grade import Grader
+from mathjax_sft.sample.engine import Engine, EngineConfig
+from mathjax_sft.sample.strategies import SamplingParams
+from mathjax_sft.sharding import mesh as mesh_lib
+from mathjax_sft.synth.store import JsonlStore
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "settings.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRunConfig:
+  checkpoint: str
+  dataset: str                       # gsm8k | math | math500 | jsonl:PATH (see eval.problems)
+  output_dir: str
+  num_samples: int = 64
+  num_problems: int | None = None
+  temperature: float = 0.7
+  top_p: float = 1.0
+  top_k: int = 0
+  max_new_tokens: int = 512
+  seed: int = 0
+  template: str = "chat"
+  system_prompt: str | None = None
+  stop_strings: tuple[str, ...] = ()
+  problems_per_batch: int = 4
+  samples_per_chunk: int = 64
+  compute_dtype: str = "float32"
+  param_dtype: str | None = None     # cast weights while loading (e.g. bfloat16)
+  mesh_shape: tuple[int, ...] | None = None
+  grader_workers: int = 2
+  grade_timeout_s: float = 10.0
+
+  def __post_init__(self):
+    templates.check_template(self.template)
+    if self.num_samples <= 0:
+      raise ValueError(f"num_samples must be positive, got {self.num_samples}")
+    SamplingParams(self.temperature, self.top_p, self.top_k)   # validates
+
+  def settings(self) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    keep = ("checkpoint", "dataset", "num_samples", "temperature", "top_p", "top_k",
+            "max_new_tokens", "seed", "template", "system_prompt", "stop_strings",
+            "problems_per_batch", "samples_per_chunk", "compute_dtype", "param_dtype")
+    out = {k: getattr(self, k) for k in keep}
+    out["checkpoint"] = str(Path(self.checkpoint).absolute())
+    out["stop_strings"] = list(self.stop_strings)
+    return out
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+  """Persistent XLA cache: a second run with the same shapes starts without compiling."""
+  path = path or os.environ.get("MATHJAX_COMPILATION_CACHE",
+                                str(Path.home() / ".cache" / "mathjax_sft" / "jax"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def truncate_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+  cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+  return text[:cut]
+
+
+def _check_settings(out_dir: Path, settings: dict) -> None:
+  path = out_dir / SETTINGS_FILE
+  if path.exists():
+    old = json.loads(path.read_text())
+    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if diff:
+      raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use a new "
+                       "--output_dir or delete it")
+  else:
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
+  """Samples, grades and summarises; returns the summary (also written to summary.json)."""
+  from transformers import AutoTokenizer
+  start = time.perf_counter()
+  out_dir = Path(cfg.output_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  settings = cfg.settings()
+  _check_settings(out_dir, settings)
+
+  problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems)
+  tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
+  prompt_texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
+                  for p in problems]
+  add_special = templates.ADD_SPECIAL_TOKENS[cfg.template]
+  prompt_ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in prompt_texts]
+
+  mesh = mesh_lib.make_mesh(cfg.mesh_shape) if cfg.mesh_shape else None
+  overrides = {"compute_dtype": cfg.compute_dtype}
+  if cfg.param_dtype:
+    overrides["param_dtype"] = cfg.param_dtype
+  params, model_cfg = ckpt.load_params(cfg.checkpoint, mesh=mesh, **overrides)
+  stop_seqs = tuple(tuple(tokenizer(s, add_special_tokens=False)["input_ids"])
+                    for s in cfg.stop_strings)
+  engine = Engine(params, model_cfg, EngineConfig(
+      max_new_tokens=cfg.max_new_tokens, problems_per_batch=cfg.problems_per_batch,
+      samples_per_chunk=cfg.samples_per_chunk, stop_sequences=stop_seqs), mesh=mesh)
+  sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
+
+  store = JsonlStore(out_dir / SAMPLES_FILE)
+  done = {r["id"] for r in store}
+  bar = tqdm(total=len(problems), initial=len([p for p in problems if p.id in done]),
+             desc="problems", unit="problem", disable=not show_progress)
+  P = cfg.problems_per_batch
+  with Grader(num_workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s) as grader:
+    for b0 in range(0, len(problems), P):
+      batch = problems[b0:b0 + P]
+      if all(p.id in done for p in batch):
+        continue
+      samples = engine.generate(prompt_ids[b0:b0 + P], [p.id for p in batch], cfg.num_samples,
+                                sampling, cfg.seed)
+      texts = [[truncate_at_stop(tokenizer.decode(t, skip_special_tokens=True), cfg.stop_strings)
+                for t in s.tokens] for s in samples]
+      recs = records_lib.make_records(batch, texts, grader)
+      for i, (problem, rec, s) in enumerate(zip(batch, recs, samples)):
+        if problem.id in done:
+          continue
+        rec["prompt"] = prompt_texts[b0 + i]
+        for sample, tokens, finished in zip(rec["samples"], s.tokens, s.finished):
+          sample["num_tokens"] = len(tokens)
+          sample["finished"] = finished
+        store.append(rec)
+        done.add(problem.id)
+        bar.update()
+      if engine.decode_seconds:
+        bar.set_postfix(tok_s=f"{engine.new_tokens / engine.decode_seconds:.0f}")
+  bar.close()
+  store.close()
+
+  by_id = {r["id"]: r for r in JsonlStore(out_dir / SAMPLES_FILE)}
+  ordered = [by_id[p.id] for p in problems]
+  summary = metrics.summarize(ordered)
+  summary["settings"] = settings
+  summary["model"] = {"checkpoint": settings["checkpoint"], "params": model_cfg.num_params()}
+  summary["this_run"] = {   # speed of this invocation (not part of the result)
+      "wall_s": round(time.perf_counter() - start, 2),
+      "new_tokens": engine.new_tokens,
+      "decode_s": round(engine.decode_seconds, 2),
+      "tokens_per_s": round(engine.new_tokens / engine.decode_seconds, 1) if engine.decode_seconds else None,
+      "compiled_programs": sorted(map(str, engine.compiled_shapes)),
+  }
+  (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+  return summary

@@ -1,0 +1,213 @@
+"""OpenAI Batch API helper: upload a JSONL of chat requests, create the batch, poll it, download
+its output and error files; with a small state file so that a crash never submits a batch twice.
+
+State (`batch/state.json`, rewritten atomically) records each batch by name before anything is
+sent: its step and local input file (`batch/inputs/<name>.jsonl`), then the uploaded
+`input_file_id`, then the `batch_id`, then `consumed`. After a crash, a batch with an id is polled
+again instead of resubmitted; one with an uploaded file but no id is looked up by its input file
+in the batch list (it may have been created just before the crash) and created only if absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+
+from mathjax_sft.synth import retry
+from mathjax_sft.synth.client import ChatResult, FatalAPIError, RequestFailed, read_completion
+from mathjax_sft.synth.redact import Redactor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+ENDPOINT = "/v1/chat/completions"
+
+
+class BatchState:
+  """The batches of this output directory, persisted in a JSON file."""
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+    self.batches: dict[str, dict[str, Any]] = {}
+    if self.path.exists():
+      data = json.loads(self.path.read_text(encoding="utf-8"))
+      self.batches = data.get("batches", {})
+
+  def save(self) -> None:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"batches": self.batches}, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path)
+
+  def update(self, name: str, **fields: Any) -> None:
+    self.batches.setdefault(name, {}).update(fields)
+    self.save()
+
+  def unconsumed(self) -> list[str]:
+    return [name for name, b in self.batches.items() if not b.get("consumed")]
+
+  def next_name(self, step: str) -> str:
+    return f"{len(self.batches):05d}-{step}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchItem:
+  """The outcome of one request inside a batch: a result, or a failure class and detail."""
+
+  custom_id: str
+  result: ChatResult | None
+  failure: str | None = None
+  detail: str = ""
+
+
+class BatchClient:
+  """Batch API calls, each retried under the same policy as chat requests."""
+
+  def __init__(self, client: openai.AsyncOpenAI, policy: retry.RetryPolicy, redactor: Redactor,
+               state: BatchState, *, poll_interval: float, completion_window: str = "24h"):
+    self._client = client
+    self._policy = policy
+    self._redact = redactor
+    self.state = state
+    self._poll_interval = poll_interval
+    self._window = completion_window
+
+  async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    attempt = 0
+    while True:
+      attempt += 1
+      try:
+        return await fn()
+      except asyncio.CancelledError:
+        raise
+      except Exception as error:
+        failure = retry.classify(error)
+        detail = self._redact(f"{what}: {type(error).__name__}: {error}")[:300]
+        if failure == retry.FATAL:
+          raise FatalAPIError(detail) from None
+        if not self._policy.should_retry(failure, attempt):
+          raise RequestFailed(failure, detail) from None
+        delay = self._policy.delay(attempt, retry.parse_retry_after(retry.error_headers(error)))
+        log.warning("%s failed (%s); retrying in %.1fs", what, failure, delay)
+        await asyncio.sleep(delay)
+
+  async def submit(self, name: str, step: str, input_path: Path) -> str:
+    """Uploads the request file `input_path` and creates the batch; returns the batch id.
+    Idempotent per name across crashes (see module docstring)."""
+    entry = self.state.batches.get(name, {})
+    if entry.get("batch_id"):
+      return entry["batch_id"]
+    if not entry:
+      self.state.update(name, step=step, input_path=str(input_path))
+    file_id = entry.get("input_file_id")
+    if not file_id:
+      payload = Path(input_path).read_bytes()
+      uploaded = await self._call("upload batch input", lambda: self._client.files.create(
+          file=(f"{name}.jsonl", io.BytesIO(payload), "application/jsonl"), purpose="batch"))
+      file_id = uploaded.id
+      self.state.update(name, input_file_id=file_id)
+    else:
+      existing = await self._find_by_input_file(file_id)
+      if existing is not None:
+        self.state.update(name, batch_id=existing)
+        return existing
+    batch = await self._call("create batch", lambda: self._client.batches.create(
+        input_file_id=file_id, endpoint=ENDPOINT, completion_window=self._window,
+        metadata={"synth_name": name}))
+    self.state.update(name, batch_id=batch.id)
+    log.info("batch %s submitted as %s (step %s)", name, batch.id, step)
+    return batch.id
+
+  async def _find_by_input_file(self, file_id: str) -> str | None:
+    page = await self._call("list batches", lambda: self._client.batches.list(limit=100))
+    async for batch in page:
+      if batch.input_file_id == file_id:
+        return batch.id
+    return None
+
+  async def wait(self, batch_id: str) -> Any:
+    """Polls until the batch reaches a terminal status; returns the Batch object."""
+    while True:
+      batch = await self._call("poll batch", lambda: self._client.batches.retrieve(batch_id))
+      if batch.status in TERMINAL:
+        return batch
+      counts = getattr(batch, "request_counts", None)
+      log.info("batch %s: %s %s", batch_id, batch.status,
+               f"({counts.completed}/{counts.total})" if counts is not None else "")
+      await asyncio.sleep(self._poll_interval)
+
+  async def _download(self, file_id: str | None) -> list[dict[str, Any]]:
+    if not file_id:
+      return []
+    content = await self._call("download batch file", lambda: self._client.files.content(file_id))
+    out = []
+    for line_no, line in enumerate(content.text.splitlines(), start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except ValueError:
+        log.warning("batch file %s line %d is not JSON; ignored", file_id, line_no)
+        continue
+      if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+        out.append(obj)
+    return out
+
+  async def results(self, batch: Any) -> dict[str, BatchItem]:
+    """Outcomes by custom_id from the batch's output and error files."""
+    items: dict[str, BatchItem] = {}
+    for obj in await self._download(batch.output_file_id) + await self._download(batch.error_file_id):
+      items[obj["custom_id"]] = _item(obj, self._redact)
+    return items
+
+
+def _item(obj: dict[str, Any], redact: Redactor) -> BatchItem:
+  custom_id = obj["custom_id"]
+  response = obj.get("response") or {}
+  error = obj.get("error")
+  status = response.get("status_code") if isinstance(response, dict) else None
+  if error or status != 200:
+    detail = redact(json.dumps(error or (response or {}).get("body"), ensure_ascii=False))[:300]
+    if status == 429:
+      failure = retry.RATE_LIMITED
+    elif isinstance(status, int) and status < 500 and status != 408:
+      failure = retry.CLIENT_ERROR
+    else:
+      failure = retry.SERVER_ERROR
+    return BatchItem(custom_id, None, failure, f"batch request failed (status {status}): {detail}")
+  try:
+    return BatchItem(custom_id, read_completion(_Obj.wrap(response.get("body"))))
+  except (TypeError, ValueError, AttributeError) as e:
+    return BatchItem(custom_id, None, retry.MALFORMED_RESPONSE, f"unreadable batch response: {type(e).__name__}")
+
+
+class _Obj:
+  """Attribute access over plain JSON (so the same reader handles batch bodies)."""
+
+  def __init__(self, data: dict[str, Any]):
+    self._data = data
+
+  @staticmethod
+  def wrap(value: Any) -> Any:
+    if isinstance(value, dict):
+      return _Obj(value)
+    if isinstance(value, list):
+      return [_Obj.wrap(v) for v in value]
+    return value
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("_"):
+      raise AttributeError(name)
+    return _Obj.wrap(self._data.get(name))

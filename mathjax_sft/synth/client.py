@@ -1,0 +1,186 @@
+"""Chat completions under our own retry policy and rate limits.
+
+The official `openai.AsyncOpenAI` client is built with `max_retries=0`: its built-in retries (which
+also handle 429 / 5xx / timeouts) are switched off so that the policy in `retry` is the only one in
+force and every attempt passes through the rate limiter and the usage counters. A 200 reply is
+still checked: a body that is not a chat completion is a retryable `malformed_response`, and the
+caller's parser turns empty or unusable content into `ReplyError`s, which are re-sampled
+(`max_reply_retries`) with a new seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import openai
+
+from mathjax_sft.synth import retry
+from mathjax_sft.synth.ratelimit import RateLimiter
+from mathjax_sft.synth.redact import Redactor
+from mathjax_sft.synth.replies import ReplyError
+from mathjax_sft.synth.usage import UsageTracker
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "OPENAI_API_KEY"
+T = TypeVar("T")
+
+
+class MissingKeyError(RuntimeError):
+  """$OPENAI_API_KEY is not set."""
+
+
+class FatalAPIError(RuntimeError):
+  """The endpoint refuses the run itself (bad key, no access, unknown model or path): stop, and
+  record nothing against the rows."""
+
+
+class RequestFailed(RuntimeError):
+  """A request that failed for good: retries exhausted or not retryable. `reason` is counted."""
+
+  def __init__(self, reason: str, detail: str, prompt_tokens: int = 0, completion_tokens: int = 0):
+    super().__init__(f"{reason}: {detail}")
+    self.reason = reason
+    self.detail = detail
+    self.prompt_tokens = prompt_tokens
+    self.completion_tokens = completion_tokens
+
+
+def api_key_from_env() -> str:
+  """The API key, only ever from $OPENAI_API_KEY."""
+  key = os.environ.get(API_KEY_ENV, "")
+  if not key.strip():
+    raise MissingKeyError(f"${API_KEY_ENV} is not set; the API key is read only from that variable")
+  return key.strip()
+
+
+def make_openai_client(api_key: str, base_url: str | None, timeout: float) -> openai.AsyncOpenAI:
+  """The official async client, with its own retries disabled (see module docstring)."""
+  return openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+  """One successful completion (content not yet validated) and its token usage."""
+
+  content: str | None
+  prompt_tokens: int
+  completion_tokens: int
+  model: str | None
+  finish_reason: str | None
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+  """What a request counts against a TPM limit: ~4 characters per prompt token + max_tokens."""
+  return sum(len(m.get("content", "")) for m in messages) // 4 + 8 * len(messages) + max_tokens
+
+
+def read_completion(response: Any) -> ChatResult:
+  """Pulls content and usage out of a reply; ValueError when it is not a chat completion."""
+  choices = getattr(response, "choices", None)
+  if not isinstance(choices, list) or not choices:
+    raise ValueError("reply has no choices")
+  message = getattr(choices[0], "message", None)
+  content = getattr(message, "content", None)
+  if content is not None and not isinstance(content, str):
+    raise ValueError("message content is not a string")
+  usage = getattr(response, "usage", None)
+  prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+  completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+  if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+    raise ValueError("usage is not integer token counts")
+  model = getattr(response, "model", None)
+  return ChatResult(content, prompt_tokens, completion_tokens, model if isinstance(model, str) else None,
+                    getattr(choices[0], "finish_reason", None))
+
+
+class ChatClient:
+  """Rate-limited, retried chat completions that count their usage."""
+
+  def __init__(self, client: openai.AsyncOpenAI, limiter: RateLimiter, policy: retry.RetryPolicy,
+               usage: UsageTracker, redactor: Redactor, timeout: float, *,
+               max_reply_retries: int = 2, rng: random.Random | None = None):
+    self._client = client
+    self._limiter = limiter
+    self._policy = policy
+    self._usage = usage
+    self._redact = redactor
+    self._timeout = timeout
+    self._max_reply_retries = max_reply_retries
+    self._rng = rng or random.Random()
+
+  def describe(self, error: BaseException) -> str:
+    """A short, redacted description of an error, safe to log and store."""
+    return self._redact(f"{type(error).__name__}: {error}")[:300]
+
+  async def complete(self, step: str, messages: list[dict[str, str]], *, model: str,
+                     temperature: float, max_tokens: int, seed: int | None) -> ChatResult:
+    """One completion, retried per the policy; RequestFailed or FatalAPIError when it gives up."""
+    estimate = estimate_tokens(messages, max_tokens)
+    attempt = 0
+    while True:
+      attempt += 1
+      await self._limiter.acquire(estimate)
+      kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature,
+                                "max_tokens": max_tokens}
+      if seed is not None:
+        kwargs["seed"] = seed
+      try:
+        response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs),
+                                          timeout=self._timeout)
+        result = read_completion(response)
+      except asyncio.CancelledError:
+        raise
+      except Exception as error:  # classified below; nothing from the server is evaluated
+        failure = retry.classify(error)
+        self._usage.record_request(ok=False, failure_class=failure)
+        self._limiter.settle(estimate, 0)
+        if failure == retry.FATAL:
+          raise FatalAPIError(f"{step}: the endpoint refused the run ({self.describe(error)})") from None
+        retry_after = retry.parse_retry_after(retry.error_headers(error))
+        if failure == retry.RATE_LIMITED and retry_after:
+          self._limiter.pause_for(min(retry_after, self._policy.max_retry_after))
+        if not self._policy.should_retry(failure, attempt):
+          raise RequestFailed(failure, f"{step}: {self.describe(error)} (after {attempt} attempt(s))") from None
+        delay = self._policy.delay(attempt, retry_after, self._rng)
+        self._usage.retries += 1
+        log.debug("%s: attempt %d failed (%s); retrying in %.2fs", step, attempt, failure, delay)
+        await asyncio.sleep(delay)
+        continue
+      self._usage.record_request(ok=True)
+      self._usage.record_tokens(step, result.prompt_tokens, result.completion_tokens)
+      self._limiter.settle(estimate, result.prompt_tokens + result.completion_tokens)
+      return result
+
+  async def complete_parsed(self, step: str, messages: list[dict[str, str]], parse: Callable[[str | None], T],
+                            *, model: str, temperature: float, max_tokens: int,
+                            seed: int | None) -> tuple[T, ChatResult, dict[str, int]]:
+    """`complete`, then `parse` the content; a ReplyError re-samples (new seed) up to
+    max_reply_retries times. Returns (parsed, last result, usage of all tries)."""
+    spent = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    tries = 0
+    while True:
+      tries += 1
+      try:
+        result = await self.complete(step, messages, model=model, temperature=temperature,
+                                     max_tokens=max_tokens, seed=seed)
+      except RequestFailed as failed:
+        failed.prompt_tokens += spent["prompt_tokens"]
+        failed.completion_tokens += spent["completion_tokens"]
+        raise
+      spent["prompt_tokens"] += result.prompt_tokens
+      spent["completion_tokens"] += result.completion_tokens
+      spent["requests"] += 1
+      try:
+        return parse(result.content), result, spent
+      except ReplyError as bad:
+        self._usage.bad_replies[bad.reason] += 1
+        if tries > self._max_reply_retries:
+          raise RequestFailed(bad.reason, f"{step}: {self._redact(bad.detail)[:300]} (after {tries} sample(s))",
+                              spent["prompt_tokens"], spent["completion_tokens"]) from None
+        seed = None if seed is None else seed + 1000003

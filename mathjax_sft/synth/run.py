@@ -1,0 +1,121 @@
+"""One synthesis run: read inputs, open the output directory, build filters and client, run the
+online or batch pipeline, total the usage. Re-running the same config resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from typing import Any
+
+from mathjax_sft.synth import retry
+from mathjax_sft.synth.batch import BatchClient, BatchState
+from mathjax_sft.synth.batch_pipeline import STATE_NAME, BatchPipeline
+from mathjax_sft.synth.client import ChatClient, api_key_from_env, make_openai_client
+from mathjax_sft.synth.config import SynthConfig
+from mathjax_sft.synth.filters import Decontaminator, DuplicateFilter, QuestionFilters
+from mathjax_sft.synth.formats import get_format
+from mathjax_sft.synth.logs import run_logging
+from mathjax_sft.synth.outputs import OutputDir
+from mathjax_sft.synth.pipeline import OnlinePipeline
+from mathjax_sft.synth.ratelimit import RateLimiter
+from mathjax_sft.synth.redact import Redactor
+from mathjax_sft.synth.references import load_benchmark_questions, load_references
+from mathjax_sft.synth.steps import make_tasks
+from mathjax_sft.synth.usage import UsageTracker, progress_line
+
+log = logging.getLogger(__name__)
+
+
+def build_filters(config: SynthConfig, existing: list[tuple[str, str]],
+                  reference_questions: list[tuple[str, str]]) -> QuestionFilters:
+  """Dedup index seeded with finished rows (so it holds across resume) and, optionally, the
+  reference questions (a "new" question must not copy its reference); decontamination index
+  over the configured benchmark files."""
+  dedup = DuplicateFilter(config.dedup_ngram, config.dedup_threshold)
+  for name, question in existing:
+    dedup.add(question, name)
+  if config.dedup_against_references:
+    for name, question in reference_questions:
+      dedup.add(question, f"reference {name}")
+  decontam = None
+  if config.decontam_files:
+    decontam = Decontaminator(config.decontam_ngram, config.decontam_jaccard_ngram,
+                              config.decontam_jaccard_threshold)
+    for path in config.decontam_files:
+      decontam.add_questions(load_benchmark_questions(path), source=f"{path.parent.name}/{path.name}")
+  else:
+    log.warning("no decontamination files: generated questions are not checked against test sets")
+  return QuestionFilters(dedup, decontam)
+
+
+def run(config: SynthConfig, api_key: str | None = None) -> dict[str, Any]:
+  """Runs (or resumes) synthesis; returns the usage snapshot (what usage.json holds).
+
+  The key comes from $OPENAI_API_KEY unless given (tests). Raises InputError for bad input,
+  OutputDirBusy, MissingKeyError, FatalAPIError (endpoint refuses the run) or RunAborted."""
+  api_key = api_key or api_key_from_env()
+  redactor = Redactor([api_key])
+  fmt = get_format(config.dataset_format)
+  references = load_references(config.input_path, config.dataset_format, config.limit_references)
+  out = OutputDir(config.output_dir, fmt.question_field, fsync=config.fsync)
+  try:
+    with run_logging(out.path, redactor):
+      return asyncio.run(_run(config, out, references, api_key, redactor))
+  finally:
+    out.close()
+
+
+async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
+               redactor: Redactor) -> dict[str, Any]:
+  fmt = get_format(config.dataset_format)
+  log.info("synthesis run: %s", json.dumps(config.to_json(), sort_keys=True))
+  tasks = make_tasks(references, config)
+  pending = [t for t in tasks if t.id not in out.done]
+  log.info("%d references x %d = %d rows; %d already done (%d rows, %d failures), %d to do",
+           len(references), config.per_reference, len(tasks), len(tasks) - len(pending),
+           out.previous_rows, sum(out.previous_failures.values()), len(pending))
+  if out.rows.torn_bytes_removed or out.failures.torn_bytes_removed:
+    log.warning("repaired torn last lines: rows.jsonl %d bytes, failures.jsonl %d bytes",
+                out.rows.torn_bytes_removed, out.failures.torn_bytes_removed)
+  usage = UsageTracker(out.usage_path, mode=config.mode, model=config.model,
+                       price_prompt_per_million=config.price_prompt_per_million,
+                       price_completion_per_million=config.price_completion_per_million,
+                       discount=config.batch_discount if config.mode == "batch" else 1.0)
+  usage.rows_in = len(pending)
+  usage.rows_before = out.previous_rows
+  usage.failures_before.update(out.previous_failures)
+  usage.extra["rows_done_before"] = len(tasks) - len(pending)
+  out.usage = usage
+  filters = build_filters(config, out.existing_questions, [(r.id, r.question) for r in references])
+  policy = retry.RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max, config.max_retry_after)
+  client = make_openai_client(api_key, config.base_url, config.request_timeout)
+  progress = None
+  if config.progress:
+    from tqdm.auto import tqdm
+    progress = tqdm(total=len(tasks), initial=len(tasks) - len(pending), unit="row", desc="synthesize")
+  out.progress = progress
+  try:
+    if config.mode == "online":
+      chat = ChatClient(client, RateLimiter(config.requests_per_minute, config.tokens_per_minute), policy, usage,
+                        redactor, config.request_timeout, max_reply_retries=config.max_reply_retries,
+                        rng=random.Random(config.seed))
+      await OnlinePipeline(config, fmt, chat, filters, out).run(pending)
+    else:
+      state = BatchState(out.path / "batch" / STATE_NAME)
+      batches = BatchClient(client, policy, redactor, state, poll_interval=config.batch_poll_interval,
+                            completion_window=config.batch_completion_window)
+      await BatchPipeline(config, fmt, batches, filters, out, usage).run(pending)
+    usage.finished = True
+  finally:
+    usage.extra["dedup_index_size"] = len(filters.dedup)
+    written = usage.flush(force=True)
+    if progress is not None:
+      progress.close()
+    with contextlib.suppress(Exception):
+      await client.close()
+  summary = written["runs"][-1]
+  log.info("run finished: %s; failures by reason %s", progress_line(summary), summary["failures_by_reason"])
+  return written

@@ -1,0 +1,108 @@
+"""pass@k against brute-force enumeration; maj@k tie and no-answer rules; summarize."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from mathjax_sft.eval import metrics
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+  """Fraction of all k-subsets of n samples (first c correct) containing a correct one."""
+  subsets = list(itertools.combinations(range(n), k))
+  return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_pass_at_k_matches_enumeration(n):
+  for c in range(n + 1):
+    curve = metrics.pass_at_k_curve(n, c)
+    assert len(curve) == n
+    for k in range(1, n + 1):
+      expected = brute_force_pass_at_k(n, c, k)
+      assert metrics.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+      assert curve[k - 1] == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_edge_cases():
+  assert metrics.pass_at_k(5, 0, 1) == 0.0
+  assert metrics.pass_at_k(5, 0, 5) == 0.0
+  assert metrics.pass_at_k(5, 5, 1) == 1.0
+  assert metrics.pass_at_k(5, 1, 5) == 1.0  # k = n: any correct sample is drawn
+  assert metrics.pass_at_k(5, 2, 1) == pytest.approx(0.4)  # pass@1 = c/n
+  assert metrics.pass_at_k_curve(4, 0) == [0.0] * 4
+  assert metrics.pass_at_k_curve(4, 4) == [1.0] * 4
+  # Large n: the product form stays finite and equals the exact binomial ratio.
+  exact = 1 - math.comb(256 - 3, 100) / math.comb(256, 100)
+  assert metrics.pass_at_k(256, 3, 100) == pytest.approx(exact, rel=1e-12)
+  assert metrics.pass_at_k_curve(256, 3)[99] == pytest.approx(exact, rel=1e-12)
+  for bad in [(3, 4, 1), (3, 1, 0), (3, 1, 4), (3, -1, 1)]:
+    with pytest.raises(ValueError):
+      metrics.pass_at_k(*bad)
+
+
+def test_maj_at_k_majority_and_normalised_grouping():
+  answers = ["1,000", "7", "1000", "7", "$1000$"]
+  correct = [True, False, True, False, True]
+  # k=1: "1000" leads; k=2: tie 1-1, earlier "1000" wins; k=4: tie 2-2, "1000" first; k=5: 3-2.
+  assert metrics.maj_at_k_curve(answers, correct) == [True, True, True, True, True]
+  answers = ["7", "1000", "1000", "7", "7"]
+  correct = [False, True, True, False, False]
+  # k=2: tie, "7" seen first -> wrong; k=3: "1000" 2-1 -> right; k=4: tie 2-2, "7" first -> wrong.
+  assert metrics.maj_at_k_curve(answers, correct) == [False, False, True, False, False]
+  assert metrics.maj_at_k(answers, correct, 3) is True
+  assert metrics.maj_at_k(answers, correct, 4) is False
+
+
+def test_maj_at_k_no_answer():
+  assert metrics.maj_at_k_curve([None, None], [False, False]) == [False, False]
+  # Samples without an answer do not vote: one answer beats two Nones.
+  assert metrics.maj_at_k_curve([None, None, "5"], [False, False, True]) == [False, False, True]
+  assert metrics.maj_at_k_curve(["", "5"], [False, True]) == [False, True]
+
+
+def _record(pid, correct, answers=None, meta=None):
+  answers = answers or [("a" if ok else f"w{i}") for i, ok in enumerate(correct)]
+  return {"id": pid, "meta": meta or {},
+          "samples": [{"text": "", "answer": a, "correct": ok} for a, ok in zip(answers, correct)]}
+
+
+def test_summarize_values_and_breakdown():
+  records = [
+      _record("p0", [True, False, False, False], meta={"level": 1, "subject": "Algebra"}),
+      _record("p1", [False, False, False, False], answers=[None, None, "3", "4"],
+              meta={"level": 2, "subject": "Algebra"}),
+      _record("p2", [True, True, True, False], meta={"level": 2, "subject": "Geometry"}),
+  ]
+  s = metrics.summarize(records)
+  json.dumps(s)  # serialisable
+  assert s["num_problems"] == 3 and s["num_samples"] == 4
+  assert s["pass_at_n"] == pytest.approx(2 / 3)
+  assert s["pass_ratio_at_n"] == pytest.approx((1 / 4 + 0 + 3 / 4) / 3)
+  assert s["pass_at_k"]["1"] == pytest.approx(s["pass_ratio_at_n"])
+  assert s["pass_at_k"]["4"] == pytest.approx(s["pass_at_n"])
+  assert s["pass_at_k"]["2"] == pytest.approx((0.5 + 0 + 1.0) / 3)
+  assert s["no_answer_rate"] == pytest.approx(2 / 12)
+  # maj@1: p0 right, p1 no answer, p2 right. maj@4: p0 "a" vs 3 distinct wrong answers -> tie at 1,
+  # "a" first -> right; p2 "a" x3 -> right.
+  assert s["maj_at_k"]["1"] == pytest.approx(2 / 3)
+  assert s["maj_at_k"]["4"] == pytest.approx(2 / 3)
+  assert set(s["by"]) == {"level", "subject"}
+  assert s["by"]["level"]["1"]["pass_at_n"] == 1.0
+  assert s["by"]["level"]["2"]["num_problems"] == 2
+  assert s["by"]["level"]["2"]["pass_ratio_at_n"] == pytest.approx(3 / 8)
+  assert s["by"]["subject"]["Geometry"]["pass_at_n"] == 1.0
+  assert [p["c"] for p in s["per_problem"]] == [1, 0, 3]
+
+
+def test_summarize_uneven_sample_counts():
+  s = metrics.summarize([_record("a", [True, False]), _record("b", [False, False, False, True])])
+  assert s["num_samples"] == 2 and s["max_samples"] == 4
+  assert sorted(s["pass_at_k"]) == ["1", "2"]
+  assert s["pass_ratio_at_n"] == pytest.approx((0.5 + 0.25) / 2)
+  with pytest.raises(ValueError):
+    metrics.summarize([])

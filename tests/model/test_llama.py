@@ -1,0 +1,166 @@
+"""Model: logits parity with transformers on tiny random configs; cache paths == full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathjax_sft.model import llama
+from mathjax_sft.model.config import ModelConfig, preset
+from tests.hf_reference import hf_logits, params_from_model, random_hf_model
+
+CONFIGS = {
+    "gqa-untied-theta1e4": preset("tiny"),
+    "mha-tied-theta1e4": preset("tiny-mha"),
+    "gqa-tied-theta5e5": preset("tiny", tie_word_embeddings=True, rope_theta=500000.0),
+    "mha-untied-theta1e6": preset("tiny-mha", tie_word_embeddings=False, rope_theta=1e6),
+    "gqa-llama3-scaling": preset("tiny", rope_theta=500000.0, rope_scaling=(
+        ("factor", 8.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+        ("original_max_position_embeddings", 64), ("rope_type", "llama3"))),
+    "mha-linear-scaling": preset("tiny-mha", rope_scaling=(("factor", 2.0), ("rope_type", "linear"))),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def reference(request):
+  cfg = CONFIGS[request.param]
+  model = random_hf_model(cfg, seed=len(request.param))
+  return cfg, model, params_from_model(model, cfg)
+
+
+def test_logits_match_transformers(reference):
+  cfg, model, params = reference
+  tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (3, 80))  # past the llama3 old len
+  want = hf_logits(model, tokens)
+  got, _ = jax.jit(lambda p, t: llama.forward(p, cfg, t))(params, tokens)
+  assert np.abs(np.asarray(got) - want).max() < 1e-4
+  unrolled, _ = llama.forward(llama.unstack_layers(params), cfg, jnp.asarray(tokens))
+  assert np.abs(np.asarray(unrolled) - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_kv_cache_decode_equals_full_forward(reference, stacked):
+  cfg, _, params = reference
+  params = params if stacked else llama.unstack_layers(params)
+  tokens = np.random.RandomState(2).randint(0, cfg.vocab_size, (2, 24))
+  full, _ = llama.forward(params, cfg, jnp.asarray(tokens))
+  cache = llama.init_cache(cfg, batch=2, slots=32, stacked=stacked)
+  step = jax.jit(lambda p, t, pos, c: llama.forward(p, cfg, t, pos, cache=c))
+  logits, cache = step(params, tokens[:, :7], jnp.broadcast_to(jnp.arange(7), (2, 7)), cache)
+  outs = [logits]
+  for t in range(7, 24):
+    logits, cache = step(params, tokens[:, t:t + 1], jnp.full((2, 1), t), cache)
+    outs.append(logits)
+  # position by position
+  np.testing.assert_allclose(np.concatenate(outs, axis=1), np.asarray(full), atol=1e-5, rtol=0)
+
+
+def test_left_padded_prompts_in_cache_match_unpadded():
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(0))
+  rng = np.random.RandomState(3)
+  short, long = rng.randint(3, 200, 5), rng.randint(3, 200, 9)
+  pad = 4
+  tokens = np.stack([np.concatenate([np.zeros(pad, int), short]), long])
+  seg = np.stack([np.r_[np.zeros(pad), np.ones(5)], np.ones(9)]).astype(np.int32)
+  pos = np.stack([np.r_[np.zeros(pad), np.arange(5)], np.arange(9)]).astype(np.int32)
+  cache = llama.init_cache(cfg, batch=2, slots=16)
+  logits, cache = llama.forward(params, cfg, tokens, pos, segment_ids=seg, cache=cache)
+  ref_short, _ = llama.forward(params, cfg, short[None])
+  ref_long, _ = llama.forward(params, cfg, long[None])
+  np.testing.assert_allclose(logits[0, pad:], ref_short[0], atol=1e-5)
+  np.testing.assert_allclose(logits[1], ref_long[0], atol=1e-5)
+  nxt = np.array([[7], [9]])
+  step, _ = llama.forward(params, cfg, nxt, np.array([[5], [9]]), cache=cache)
+  ref_s, _ = llama.forward(params, cfg, np.r_[short, 7][None])
+  ref_l, _ = llama.forward(params, cfg, np.r_[long, 9][None])
+  np.testing.assert_allclose(step[0, 0], ref_s[0, -1], atol=1e-5)
+  np.testing.assert_allclose(step[1, 0], ref_l[0, -1], atol=1e-5)
+
+
+def test_shared_prefix_equals_separate_copies():
+  """N rows reading one prompt cache give the logits of N rows with the prompt copied."""
+  cfg = preset("tiny")
+  params = llama.unstack_layers(llama.init_params(cfg, jax.random.key(1)))
+  rng = np.random.RandomState(4)
+  prompts = rng.randint(3, 200, (2, 6))             # 2 problems
+  n = 3                                             # samples per problem
+  pre_cache = llama.init_cache(cfg, batch=2, slots=8, stacked=False)
+  _, pre_cache = llama.forward(params, cfg, prompts, cache=pre_cache)
+  prefix = llama.prefix_from_cache(pre_cache)
+  conts = rng.randint(3, 200, (2 * n, 4))           # different continuations per sample
+  cache = llama.init_cache(cfg, batch=2 * n, slots=8, stacked=False)
+  outs = []
+  for t in range(4):
+    pos = np.full((2 * n, 1), 6 + t)
+    logits, cache = llama.forward(params, cfg, conts[:, t:t + 1], pos, cache=cache, prefix=prefix)
+    outs.append(logits)
+  got = np.concatenate(outs, axis=1)
+  full_tokens = np.concatenate([np.repeat(prompts, n, axis=0), conts], axis=1)
+  want, _ = llama.forward(params, cfg, full_tokens)
+  np.testing.assert_allclose(got, np.asarray(want)[:, 6:], atol=1e-5)
+
+
+def test_ring_buffer_and_row_reset():
+  """A row whose cache slots are invalidated mid-decode behaves like a fresh sequence."""
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(2))
+  rng = np.random.RandomState(5)
+  toks = rng.randint(3, 200, (1, 10))
+  cache = llama.init_cache(cfg, batch=1, slots=4)
+  for t in range(6):   # fill past the ring end
+    _, cache = llama.forward(params, cfg, toks[:, t:t + 1], np.array([[t]]), cache=cache)
+  cache = llama.KVCache(k=cache.k, v=cache.v, valid=jnp.zeros_like(cache.valid), index=cache.index)
+  outs = []
+  for t in range(4):   # a new sequence of 4 tokens, in slots 2,3,0,1
+    logits, cache = llama.forward(params, cfg, toks[:, 6 + t:7 + t], np.array([[t]]), cache=cache)
+    outs.append(logits)
+  want, _ = llama.forward(params, cfg, toks[:, 6:10])
+  np.testing.assert_allclose(np.concatenate(outs, 1), want, atol=1e-5)
+
+
+def test_packed_segments_are_independent():
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(3))
+  rng = np.random.RandomState(6)
+  a, b = rng.randint(3, 200, 5), rng.randint(3, 200, 7)
+  tokens = np.r_[a, b, [0, 0]][None]
+  seg = np.r_[np.ones(5), 2 * np.ones(7), [0, 0]].astype(np.int32)[None]
+  pos = np.r_[np.arange(5), np.arange(7), [0, 0]].astype(np.int32)[None]
+  got, _ = llama.forward(params, cfg, tokens, pos, segment_ids=seg)
+  ra, _ = llama.forward(params, cfg, a[None])
+  rb, _ = llama.forward(params, cfg, b[None])
+  np.testing.assert_allclose(got[0, :5], ra[0], atol=1e-5)
+  np.testing.assert_allclose(got[0, 5:12], rb[0], atol=1e-5)
+
+
+def test_bf16_compute_close_to_f32_and_scan_remat_equal():
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(4))
+  tokens = np.random.RandomState(7).randint(0, 256, (2, 16))
+  ref, _ = llama.forward(params, cfg, tokens)
+  bf, _ = llama.forward(params, cfg.replace(compute_dtype="bfloat16"), tokens)
+  assert bf.dtype == jnp.float32
+  assert np.abs(np.asarray(bf) - np.asarray(ref)).max() < 0.05
+  remat_cfg = cfg.replace(remat=True, scan_layers=True)
+  loss = lambda p, c: llama.forward(p, c, tokens)[0].mean()
+  g1 = jax.grad(loss)(params, cfg)
+  g2 = jax.grad(loss)(params, remat_cfg)
+  for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_config_validation_and_hf_round_trip():
+  with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+    preset("tiny", num_kv_heads=3)
+  with pytest.raises(ValueError, match="unsupported rope_scaling"):
+    preset("tiny", rope_scaling=(("factor", 2.0), ("rope_type", "yarn")))
+  for name in ("llama2-7b", "llama2-13b", "llama2-70b", "smollm2-135m", "tiny"):
+    cfg = preset(name)
+    assert ModelConfig.from_hf(cfg.to_hf()) == cfg
+  assert abs(preset("llama2-7b").num_params() - 6.74e9) < 0.01e9
+  assert abs(preset("llama2-70b").num_params() - 68.98e9) < 0.05e9
+  old_style = preset("tiny").to_hf()
+  old_style.pop("rope_parameters")
+  old_style["rope_theta"] = 1234.0
+  assert ModelConfig.from_hf(old_style).rope_theta == 1234.0

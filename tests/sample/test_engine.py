@@ -1,0 +1,154 @@
+"""Sampling engine: greedy == transformers, shared prefix == independent recomputation, seeds."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathjax_sft import paths
+from mathjax_sft.checkpoint import params as ckpt
+from mathjax_sft.model import llama
+from mathjax_sft.model.config import preset
+from mathjax_sft.sample.engine import Engine, EngineConfig, problem_key
+from mathjax_sft.sample.strategies import SamplingParams, sample_tokens
+
+
+def _gsm8k_prompts(tokenizer, k):
+  lines = paths.data_file("gsm8k/test.jsonl").open().readlines()[:k]
+  texts = [tokenizer.apply_chat_template([{"role": "user", "content": json.loads(l)["question"]}],
+                                         tokenize=False, add_generation_prompt=True) for l in lines]
+  return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def test_greedy_matches_transformers_generate(smollm2_checkpoint, smollm2_hf):
+  import torch
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
+  prompts = _gsm8k_prompts(tokenizer, 3)
+  params, cfg = ckpt.load_params(smollm2_checkpoint)
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=40, problems_per_batch=2,
+                                            samples_per_chunk=1))
+  ours = engine.generate(prompts, ["a", "b", "c"], 1, SamplingParams(temperature=0.0))
+  for prompt, got in zip(prompts, ours):
+    with torch.no_grad():
+      want = smollm2_hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=40, do_sample=False, pad_token_id=2)[0, len(prompt):].tolist()
+    stopped = bool(want) and want[-1] in cfg.eos_token_ids
+    assert got.tokens[0] == (want[:-1] if stopped else want)
+    assert got.finished[0] == stopped
+
+
+def _reference_sample(params, cfg, prompt, seed, pkey, j, steps, sampling, stop_ids):
+  """One sample by full recomputation (no cache, no prefix sharing), same randomness."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), pkey), j)
+  seq = list(prompt)
+  out = []
+  for t in range(steps):
+    u = jax.random.uniform(jax.random.fold_in(key, t))[None]
+    tok = int(_ref_step(params, cfg, np.array([seq]), u, sampling))
+    if tok in stop_ids:
+      return out, True
+    out.append(tok)
+    seq.append(tok)
+  return out, False
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _ref_step(params, cfg, tokens, u, sampling):
+  logits, _ = llama.forward(params, cfg, tokens)
+  return sample_tokens(logits[:, -1], u, jnp.float32(sampling.temperature),
+                       jnp.float32(sampling.top_p), jnp.int32(sampling.top_k), sampling.filtered)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = preset("tiny", eos_token_ids=(5,))
+  params = llama.init_params(cfg, jax.random.key(0))
+  # sharpen the output distribution so samples are neither uniform noise nor all equal
+  params = dict(params, lm_head=params["lm_head"] * 40.0)
+  rng = np.random.RandomState(0)
+  prompts = [list(rng.randint(6, 256, n)) for n in (5, 11, 8)]
+  return cfg, params, prompts
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(0.7), SamplingParams(1.0, top_p=0.8, top_k=20)])
+def test_shared_prefix_samples_equal_independent_recomputation(tiny, sampling):
+  cfg, params, prompts = tiny
+  steps = 10
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=steps, problems_per_batch=2,
+                                            samples_per_chunk=3))
+  ids = ["p0", "p1", "p2"]
+  got = engine.generate(prompts, ids, 5, sampling, seed=3)
+  distinct = set()
+  for prompt, pid, res in zip(prompts, ids, got):
+    for j in range(5):
+      want, stopped = _reference_sample(params, cfg, prompt, 3, problem_key(pid), j, steps,
+                                        sampling, cfg.eos_token_ids)
+      assert res.tokens[j] == want, (pid, j)
+      assert res.finished[j] == stopped
+      distinct.add(tuple(want))
+  assert len(distinct) > 5, "samples should differ from each other"
+
+
+def test_same_seed_same_samples_whatever_the_batching(tiny):
+  cfg, params, prompts = tiny
+  ids = ["a", "b", "c"]
+  sampling = SamplingParams(0.9)
+  runs = []
+  for ppb, spc in [(1, 8), (2, 3), (4, 2)]:
+    engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=ppb,
+                                              samples_per_chunk=spc))
+    runs.append([r.tokens for r in engine.generate(prompts, ids, 6, sampling, seed=11)])
+  assert runs[0] == runs[1] == runs[2]
+  # a problem's samples do not depend on which problems share its batch
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=2,
+                                            samples_per_chunk=6))
+  alone = engine.generate([prompts[2]], ["c"], 6, sampling, seed=11)[0].tokens
+  assert alone == runs[0][2]
+  other_seed = engine.generate(prompts, ids, 6, sampling, seed=12)
+  assert [r.tokens for r in other_seed] != runs[0]
+
+
+def test_eos_stops_rows_and_loop_exits_early(tiny):
+  cfg, params, prompts = tiny
+  logits, _ = llama.forward(params, cfg, np.array([prompts[0]]))
+  likely = int(jnp.argmax(logits[0, -1]))        # greedy's first token: make it a stop token
+  engine = Engine(params, cfg.replace(eos_token_ids=(likely,)),
+                  EngineConfig(max_new_tokens=64, problems_per_batch=1, samples_per_chunk=2))
+  res = engine.generate([prompts[0]], ["x"], 2, SamplingParams(temperature=0.0))[0]
+  assert res.tokens == [[], []] and res.finished == [True, True]
+  assert engine.new_tokens == 2    # one (stop) token per row: the loop did not run to 64
+
+
+def test_stop_sequences(tiny):
+  cfg, params, prompts = tiny
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
+                                            samples_per_chunk=1))
+  free = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0].tokens[0]
+  stop = tuple(free[3:5])
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
+                                            samples_per_chunk=1, stop_sequences=(stop,)))
+  res = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0]
+  first = next(i for i in range(len(free) - 1) if tuple(free[i:i + 2]) == stop)
+  assert res.finished == [True] and res.tokens[0] == free[:first + 1]
+
+
+def test_sample_tokens_distribution_and_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  u = jax.random.uniform(jax.random.key(0), (20000,))
+  draw = jax.vmap(lambda ui, **kw: sample_tokens(logits, ui[None], **kw)[0], in_axes=(0,))
+  counts = np.bincount(np.asarray(jax.vmap(lambda ui: sample_tokens(
+      logits, ui[None], jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0), False)[0])(u)), minlength=4)
+  np.testing.assert_allclose(counts / counts.sum(), [0.5, 0.3, 0.15, 0.05], atol=0.015)
+  top_p = np.asarray(jax.vmap(lambda ui: sample_tokens(
+      logits, ui[None], jnp.float32(1.0), jnp.float32(0.7), jnp.int32(0), True)[0])(u))
+  assert set(np.unique(top_p)) == {0, 1}   # 0.5 < 0.7 so token 1 is kept, token 2 is not
+  top_k = np.asarray(jax.vmap(lambda ui: sample_tokens(
+      logits, ui[None], jnp.float32(1.0), jnp.float32(1.0), jnp.int32(3), True)[0])(u))
+  assert set(np.unique(top_k)) == {0, 1, 2}
+  greedy = sample_tokens(logits, u[:1], jnp.float32(0.0), jnp.float32(1.0), jnp.int32(0), False)
+  assert int(greedy[0]) == 0
+  del draw

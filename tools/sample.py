@@ -1,0 +1,77 @@
+"""Pass@N sampling and grading: N samples per problem, graded, summarised. Resumable.
+
+  python tools/sample.py --checkpoint=runs/smollm2-135m --dataset=gsm8k --num_problems=50 \
+      --num_samples=64 --temperature=0.7 --max_new_tokens=512 --output_dir=runs/gsm8k-n64
+
+Writes <output_dir>/samples.jsonl (one graded line per problem), summary.json (Pass@N,
+PassRatio@N, pass@k and maj@k for every k, breakdowns, settings, tokens/s) and settings.json.
+Re-running the same command after a crash continues where it stopped.
+"""
+
+import json
+import logging
+
+from absl import app, flags
+
+from mathjax_sft.sample import run as run_lib
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "runs/smollm2-135m", "mathjax_sft checkpoint directory (config.json, params/, "
+    "tokenizer). Default: the embedded SmolLM2-135M-Instruct, converted by `make convert`.")
+_DATASET = flags.DEFINE_string(
+    "dataset", "gsm8k", "Problems: gsm8k | math | math500 (test splits under $MATHJAX_DATA_DIR), "
+    "'gsm8k:train' / 'math:train', or jsonl:PATH (GSM8K or MATH style rows).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Run directory (created; reused to resume).",
+                                  required=True)
+_NUM_PROBLEMS = flags.DEFINE_integer("num_problems", None, "Only the first K problems (default all).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "N: samples per problem.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature; 0 = greedy.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "Longest sample, in tokens.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sample j of problem p depends only on (seed, p, j).")
+_TEMPLATE = flags.DEFINE_enum("template", "chat", ["chat", "alpaca", "xwin"],
+                              "Prompt format: the tokenizer's chat template, Alpaca, or Xwin-Math's.")
+_SYSTEM = flags.DEFINE_string("system_prompt", None, "System turn for --template=chat (default: "
+                              "the template's own).")
+_STOP = flags.DEFINE_list("stop", [], "Extra stop strings (comma-separated); EOS always stops.")
+_PPB = flags.DEFINE_integer("problems_per_batch", 4, "Problems prefilled and decoded together.")
+_SPC = flags.DEFINE_integer("samples_per_chunk", 64, "Decode rows per problem at once; N is "
+                            "drawn in ceil(N / this) chunks that share one prefill.")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Matmul dtype.")
+_PDTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"],
+                            "Cast weights to this dtype when loading (default: as stored).")
+_MESH = flags.DEFINE_list("mesh_shape", [], "data,fsdp,tensor mesh sizes (-1 = the rest); empty "
+                          "= one device. Problems are split over data x fsdp.")
+_WORKERS = flags.DEFINE_integer("grader_workers", 2, "math-verify worker processes.")
+_GRADE_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer.")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache dir "
+                             "(default ~/.cache/mathjax_sft/jax or $MATHJAX_COMPILATION_CACHE).")
+
+
+def main(argv):
+  del argv
+  logging.getLogger("mathjax_sft").setLevel(logging.INFO)
+  run_lib.enable_compilation_cache(_CACHE.value)
+  cfg = run_lib.SampleRunConfig(
+      checkpoint=_CHECKPOINT.value, dataset=_DATASET.value, output_dir=_OUTPUT_DIR.value,
+      num_samples=_NUM_SAMPLES.value, num_problems=_NUM_PROBLEMS.value,
+      temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
+      max_new_tokens=_MAX_NEW.value, seed=_SEED.value, template=_TEMPLATE.value,
+      system_prompt=_SYSTEM.value, stop_strings=tuple(_STOP.value),
+      problems_per_batch=_PPB.value, samples_per_chunk=_SPC.value, compute_dtype=_DTYPE.value,
+      param_dtype=_PDTYPE.value,
+      mesh_shape=tuple(int(x) for x in _MESH.value) if _MESH.value else None,
+      grader_workers=_WORKERS.value, grade_timeout_s=_GRADE_TIMEOUT.value)
+  summary = run_lib.run(cfg)
+  n = summary["num_samples"]
+  brief = {k: summary[k] for k in ("num_problems", "num_samples", "pass_at_n", "pass_ratio_at_n",
+                                   "no_answer_rate")}
+  brief["pass_at_1"] = summary["pass_at_k"]["1"]
+  brief[f"maj_at_{n}"] = summary["maj_at_k"][str(n)]
+  brief["tokens_per_s"] = summary["this_run"]["tokens_per_s"]
+  print(json.dumps(brief, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
