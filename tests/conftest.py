@@ -7,3 +7,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+  """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per test session."""
+  from mathjax_sft import paths
+  from mathjax_sft.convert import api
+  out = tmp_path_factory.mktemp("smollm2-135m")
+  api.import_checkpoint(paths.smollm2_gguf(), out, show_progress=False)
+  return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf():
+  """transformers' own reading of the same GGUF (the reference), f32."""
+  import transformers
+  from mathjax_sft import paths
+  gguf = paths.smollm2_gguf()
+  return transformers.AutoModelForCausalLM.from_pretrained(
+      str(gguf.parent), gguf_file=gguf.name, dtype="float32").eval()

@@ -26,22 +26,6 @@ def test_bad_gguf_file(tmp_path):
     api.import_checkpoint(bad, tmp_path / "out", show_progress=False)
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-  out = tmp_path_factory.mktemp("smollm2")
-  report = api.import_checkpoint(paths.smollm2_gguf(), out, show_progress=False)
-  return out, report
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-  import transformers
-  gguf = paths.smollm2_gguf()
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      str(gguf.parent), gguf_file=gguf.name, dtype="float32").eval()
-  return model
-
-
 def _gsm8k_prompt(tokenizer) -> list[int]:
   row = json.loads(paths.data_file("gsm8k/test.jsonl").open().readline())
   text = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}],
@@ -49,10 +33,10 @@ def _gsm8k_prompt(tokenizer) -> list[int]:
   return tokenizer(text)["input_ids"]
 
 
-def test_smollm2_logits_and_greedy_match_transformers(smollm2, hf_model):
+def test_smollm2_logits_and_greedy_match_transformers(smollm2_checkpoint, smollm2_hf):
   import torch
   from transformers import AutoTokenizer
-  out, report = smollm2
+  out, hf_model = smollm2_checkpoint, smollm2_hf
   cfg = ckpt.load_config(out)
   assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (
       576, 30, 9, 3, 49152)
