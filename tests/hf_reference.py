@@ -28,8 +28,7 @@ def state_dict_numpy(model) -> dict[str, np.ndarray]:
 
 
 def params_from_model(model, cfg: ModelConfig):
-  tensors = ((k, "state_dict", v) for k, v in state_dict_numpy(model).items())
-  return hf_convert.params_from_tensors(tensors, cfg)
+  return hf_convert.params_from_source(hf_convert.DictSource(state_dict_numpy(model)), cfg)
 
 
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:

@@ -36,8 +36,8 @@ _SYSTEM = flags.DEFINE_string("system_prompt", None, "System turn for --template
                               "the template's own).")
 _STOP = flags.DEFINE_list("stop", [], "Extra stop strings (comma-separated); EOS always stops.")
 _PPB = flags.DEFINE_integer("problems_per_batch", 4, "Problems prefilled and decoded together.")
-_SPC = flags.DEFINE_integer("samples_per_chunk", 64, "Decode rows per problem at once; N is "
-                            "drawn in ceil(N / this) chunks that share one prefill.")
+_SPC = flags.DEFINE_integer("slots_per_problem", 64, "Decode rows per problem; a row whose "
+                            "sample ends takes the next of the N (all share one prefill).")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Matmul dtype.")
 _PDTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"],
                             "Cast weights to this dtype when loading (default: as stored).")
@@ -59,7 +59,7 @@ def main(argv):
       temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
       max_new_tokens=_MAX_NEW.value, seed=_SEED.value, template=_TEMPLATE.value,
       system_prompt=_SYSTEM.value, stop_strings=tuple(_STOP.value),
-      problems_per_batch=_PPB.value, samples_per_chunk=_SPC.value, compute_dtype=_DTYPE.value,
+      problems_per_batch=_PPB.value, slots_per_problem=_SPC.value, compute_dtype=_DTYPE.value,
       param_dtype=_PDTYPE.value,
       mesh_shape=tuple(int(x) for x in _MESH.value) if _MESH.value else None,
       grader_workers=_WORKERS.value, grade_timeout_s=_GRADE_TIMEOUT.value)

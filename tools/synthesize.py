@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
   from mathjax_sft.synth.outputs import OutputDirBusy
   from mathjax_sft.synth.pipeline import RunAborted
   from mathjax_sft.synth.references import InputError
-  from mathjax_sft.synth.store import StoreError
+  from mathjax_sft.jsonl_store import StoreError
 
   try:
     config = SynthConfig(

@@ -1,21 +1,26 @@
 """The model checkpoint directory: orbax params + HF-style config.json + tokenizer files.
 
   DIR/config.json             model config (HF LLaMA format, readable by transformers)
-  DIR/params/                 orbax checkpoint of the stacked param pytree
+  DIR/params/<name>/          one orbax checkpoint per parameter (stacked layout), e.g.
+                              params/embed, params/layers.wq; params/index.json lists them
   DIR/tokenizer*.json, ...    tokenizer files (AutoTokenizer.from_pretrained(DIR) works)
   DIR/generation_config.json  optional
 
 Restoring reads each tensor straight into its sharding (targets built from the abstract params),
-so no host ever materialises more than its own shards.
+so no host ever materialises more than its own shards. One orbax item per parameter lets
+conversion write each parameter as soon as it is built (orbax holds a second copy of whatever it
+is saving, so saving the whole tree at once would double peak memory).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
@@ -36,20 +41,41 @@ def is_checkpoint_dir(path: str | Path) -> bool:
   return (path / CONFIG_NAME).is_file() and (path / PARAMS_SUBDIR).is_dir()
 
 
-def save_params(out_dir: str | Path, params: llama.Params, cfg: ModelConfig) -> Path:
-  """Writes params (numpy or jax arrays, stacked layout) and config.json into out_dir."""
+INDEX_NAME = "index.json"
+
+
+def _leaf_name(path: tuple[str, ...]) -> str:
+  return ".".join(path)
+
+
+def save_param_stream(out_dir: str | Path, stream: Iterable[tuple[tuple[str, ...], Any]],
+                      cfg: ModelConfig) -> Path:
+  """Writes (param path, array) pairs one at a time, then config.json. Peak: one parameter."""
   out_dir = Path(out_dir).absolute()
   out_dir.mkdir(parents=True, exist_ok=True)
   target = out_dir / PARAMS_SUBDIR
   if target.exists():
     shutil.rmtree(target)
-  params = llama.stack_layers(params)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(target, params)
-    ckptr.wait_until_finished()
+  target.mkdir()
+  index = {}
+  ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  for path, value in stream:
+    name = _leaf_name(path)
+    ckptr.save(target / name, args=ocp.args.StandardSave({"value": value}))
+    index[name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
+    del value
   if jax.process_index() == 0:
+    (target / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     cfg.save_json(out_dir / CONFIG_NAME)
   return out_dir
+
+
+def save_params(out_dir: str | Path, params: llama.Params, cfg: ModelConfig) -> Path:
+  """Writes params (numpy or jax arrays, either layer layout) and config.json into out_dir."""
+  params = llama.stack_layers(params)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  stream = ((tuple(k.key for k in path), value) for path, value in leaves)
+  return save_param_stream(out_dir, stream, cfg)
 
 
 def copy_tokenizer_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
@@ -88,36 +114,39 @@ def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_r
                 **config_overrides) -> tuple[llama.Params, ModelConfig]:
   """(stacked params as sharded jax arrays, config). `param_dtype=` casts while restoring."""
   cfg = load_config(ckpt_dir, **config_overrides)
+  root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
   shardings = param_shardings(cfg, mesh, rules)
   target = llama.abstract_params(cfg, stacked=True, shardings=shardings)
-  with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(Path(ckpt_dir).absolute() / PARAMS_SUBDIR)
-    _check_layout(meta, target, ckpt_dir)
-    params = ckptr.restore(Path(ckpt_dir).absolute() / PARAMS_SUBDIR, target)
-  return params, cfg
-
-
-def load_params_numpy(ckpt_dir: str | Path) -> tuple[llama.Params, ModelConfig]:
-  """Params as host numpy arrays in their stored dtype (for export)."""
-  params, cfg = load_params(ckpt_dir)
-  return jax.tree.map(np.asarray, params), cfg
-
-
-def _check_layout(meta: Any, target: Any, ckpt_dir) -> None:
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-  try:
-    stored = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
-              jax.tree_util.tree_flatten_with_path(tree)[0]}
-  except Exception:  # metadata format differs across orbax versions: skip the early check
-    return
-  wanted = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
-            jax.tree_util.tree_flatten_with_path(target)[0]}
-  if not stored:
-    return
-  missing = sorted(set(wanted) - set(stored))
-  unexpected = sorted(set(stored) - set(wanted))
-  wrong = sorted(k for k in set(wanted) & set(stored) if wanted[k] != stored[k])
+  wanted = {_leaf_name(tuple(k.key for k in path)): (path, leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+  index_path = root / INDEX_NAME
+  if not index_path.is_file():
+    raise FileNotFoundError(f"{index_path} is missing (incomplete checkpoint?)")
+  stored = json.loads(index_path.read_text())
+  missing, unexpected = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+  wrong = sorted(k for k in set(wanted) & set(stored)
+                 if tuple(stored[k]["shape"]) != tuple(wanted[k][1].shape))
   if missing or unexpected or wrong:
-    raise ValueError(f"{ckpt_dir}/{PARAMS_SUBDIR} does not match {CONFIG_NAME}: missing {missing}, "
-                     f"unexpected {unexpected}, wrong shapes "
-                     f"{[(k, stored[k], wanted[k]) for k in wrong]}")
+    raise ValueError(f"{root} does not match {CONFIG_NAME}: missing {missing}, unexpected "
+                     f"{unexpected}, wrong shapes "
+                     f"{[(k, stored[k]['shape'], wanted[k][1].shape) for k in wrong]}")
+  ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  restored = {}
+  for name, (path, leaf) in wanted.items():
+    restored[name] = ckptr.restore(root / name,
+                                   args=ocp.args.StandardRestore({"value": leaf}))["value"]
+  treedef = jax.tree_util.tree_structure(target)
+  return treedef.unflatten([restored[n] for n in wanted]), cfg
+
+
+def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+  """(param path, host array in its stored dtype), one parameter at a time (for export)."""
+  root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
+  index = json.loads((root / INDEX_NAME).read_text())
+  ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  for name, meta in index.items():
+    target = {"value": jax.ShapeDtypeStruct(tuple(meta["shape"]), jnp.dtype(meta["dtype"]),
+                                            sharding=single)}
+    value = ckptr.restore(root / name, args=ocp.args.StandardRestore(target))["value"]
+    yield tuple(name.split(".")), np.asarray(value)

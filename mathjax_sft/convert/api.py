@@ -36,23 +36,18 @@ def import_checkpoint(source: str | Path, output_dir: str | Path, dtype: str | N
   source = Path(source)
   output_dir = Path(output_dir)
   if source.suffix == ".gguf":
-    reader = gguf_io._reader(source)
-    cfg = gguf_io.config_from_gguf(source, reader)
-    stream = gguf_io.iter_gguf_tensors(source, cfg, reader)
-    total = len(reader.tensors)
+    tensors = gguf_io.GgufSource(source)
+    cfg = tensors.cfg
   else:
     cfg = hf_io.load_hf_config(source)
-    stream = hf_io.iter_safetensors(source)
-    total = len(hf_keys.expected_hf_names(cfg))
-  bar = tqdm(total=total, desc="convert", unit="tensor", disable=not show_progress)
-  params = hf_io.params_from_tensors(stream, cfg, dtype, progress=lambda _: bar.update())
+    tensors = hf_io.SafetensorsSource(source)
+  out_cfg = cfg.replace(param_dtype=dtype or ("float32" if source.suffix == ".gguf"
+                                               else cfg.param_dtype))
+  bar = tqdm(total=len(hf_keys.expected_hf_names(cfg)), desc="convert", unit="tensor",
+             disable=not show_progress)
+  stream = hf_io.iter_params(tensors, cfg, dtype, progress=lambda _: bar.update())
+  ckpt.save_param_stream(output_dir, stream, out_cfg)
   bar.close()
-  if dtype is not None:
-    cfg = cfg.replace(param_dtype=dtype)
-  elif source.suffix == ".gguf":
-    cfg = cfg.replace(param_dtype="float32")
-  ckpt.save_params(output_dir, params, cfg)
-  del params
   if source.suffix == ".gguf":
     gguf_io.save_gguf_tokenizer(source, output_dir)
   else:
@@ -60,7 +55,7 @@ def import_checkpoint(source: str | Path, output_dir: str | Path, dtype: str | N
   gen = output_dir / "generation_config.json"
   if not gen.exists():
     gen.write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
-  return {"source": str(source), "output_dir": str(output_dir), "params": cfg.num_params(),
+  return {"source": str(source), "output_dir": str(output_dir), "params": out_cfg.num_params(),
           "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
 
 
@@ -69,13 +64,13 @@ def export_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path,
   """mathjax_sft checkpoint dir -> HF directory transformers/vLLM load unchanged."""
   start = time.perf_counter()
   output_dir = Path(output_dir)
-  params, cfg = ckpt.load_params_numpy(checkpoint_dir)
+  cfg = ckpt.load_config(checkpoint_dir)
   bar = tqdm(total=len(hf_keys.expected_hf_names(cfg)), desc="export", unit="tensor",
              disable=not show_progress)
-  files = hf_io.save_hf_weights(params, cfg, output_dir, max_shard_bytes,
+  files = hf_io.save_hf_weights(ckpt.iter_params_numpy(checkpoint_dir), cfg, output_dir,
+                                max_shard_bytes,
                                 progress=lambda _: bar.update())
   bar.close()
-  del params
   cfg.save_json(output_dir / "config.json")
   ckpt.copy_tokenizer_files(checkpoint_dir, output_dir)
   if not (output_dir / "generation_config.json").exists():

@@ -1,6 +1,6 @@
 """GGUF (llama.cpp) import: dequantize, rename to HF names, undo llama.cpp's q/k permutation.
 
-The result is a stream of HF-named tensors fed through the same table as safetensors import,
+The file is exposed as a source of HF-named tensors read through the same table as safetensors,
 so GGUF files only add three things: metadata -> config, names -> HF names, and the inverse of
 the rotary permutation llama.cpp's converter applies to q_proj/k_proj.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -100,32 +99,41 @@ def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
   return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def iter_gguf_tensors(path: str | Path, cfg: ModelConfig | None = None, reader=None
-                      ) -> Iterator[tuple[str, Path, np.ndarray]]:
-  """Yields (HF name, file, float32 array in HF [out, in] layout), one tensor at a time."""
-  from gguf import quants
-  reader = reader or _reader(path)
-  cfg = cfg or config_from_gguf(path, reader)
-  for t in reader.tensors:
-    m = _LAYER_RE.match(t.name)
-    if m:
-      kind = m.group(2)
-      if kind not in _LAYER_NAMES:
-        raise ValueError(f"{path}: unknown GGUF tensor {t.name!r}")
-      name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[kind]}.weight"
-    elif t.name in _GLOBAL_NAMES:
-      name = _GLOBAL_NAMES[t.name]
-    elif t.name == "rope_freqs.weight":
-      raise ValueError(f"{path}: tensor rope_freqs.weight (rope scaling) is not supported")
-    else:
-      raise ValueError(f"{path}: unknown GGUF tensor {t.name!r}")
+class GgufSource:
+  """A GGUF file as a `hf.TensorSource`: HF names, float32 arrays in HF [out, in] layout with
+  llama.cpp's rotary permutation undone. Tensors are dequantized one at a time on request."""
+
+  def __init__(self, path: str | Path, cfg: ModelConfig | None = None, reader=None):
+    self.path = Path(path)
+    self.reader = reader or _reader(path)
+    self.cfg = cfg or config_from_gguf(path, self.reader)
+    self._tensors = {}
+    for t in self.reader.tensors:
+      self._tensors[self._hf_name(t.name)] = t
+
+  def _hf_name(self, name: str) -> str:
+    m = _LAYER_RE.match(name)
+    if m and m.group(2) in _LAYER_NAMES:
+      return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+    if name in _GLOBAL_NAMES:
+      return _GLOBAL_NAMES[name]
+    if name == "rope_freqs.weight":
+      raise ValueError(f"{self.path}: tensor rope_freqs.weight (rope scaling) is not supported")
+    raise ValueError(f"{self.path}: unknown GGUF tensor {name!r}")
+
+  def names(self) -> dict[str, str]:
+    return {n: self.path.name for n in self._tensors}
+
+  def get(self, name: str) -> np.ndarray:
+    from gguf import quants
+    t = self._tensors[name]
     shape = tuple(int(s) for s in reversed(t.shape))      # GGUF lists dims fastest-first
     array = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
     if name.endswith("q_proj.weight"):
-      array = unpermute_rotary(array, cfg.num_heads)
+      array = unpermute_rotary(array, self.cfg.num_heads)
     elif name.endswith("k_proj.weight"):
-      array = unpermute_rotary(array, cfg.num_kv_heads)
-    yield name, Path(path), array
+      array = unpermute_rotary(array, self.cfg.num_kv_heads)
+    return array
 
 
 def save_gguf_tokenizer(path: str | Path, out_dir: str | Path) -> None:

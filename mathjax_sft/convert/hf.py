@@ -1,9 +1,10 @@
 """HF safetensors checkpoints <-> our parameter pytree, one tensor at a time (no torch).
 
-Import reads `config.json` and every `*.safetensors` shard (through the index file when there is
-one) with `safe_open`, converts each tensor through `hf_keys.TABLE` and writes it into its slot of
-a preallocated stacked array: peak memory is the result plus one tensor. Export is the reverse,
-written shard by shard with an index file that `transformers` reads.
+Import reads `config.json` and the `*.safetensors` shards (through the index file when there is
+one) with `safe_open`, one tensor at a time, converts each through `hf_keys.TABLE`, and yields
+one parameter at a time (layered parameters stacked), so a caller that writes each parameter out
+before asking for the next holds one parameter in memory. Export is the reverse, written shard
+by shard with an index file that `transformers` reads.
 """
 
 from __future__ import annotations
@@ -64,77 +65,123 @@ def shard_files(hf_dir: str | Path) -> dict[str, Path]:
   return files
 
 
-def iter_safetensors(hf_dir: str | Path) -> Iterator[tuple[str, Path, np.ndarray]]:
-  """Yields (name, file, array) one tensor at a time, shard by shard."""
-  files = shard_files(hf_dir)
-  by_file: dict[Path, list[str]] = {}
-  for name, path in files.items():
-    by_file.setdefault(path, []).append(name)
-  for path, names in by_file.items():
+class TensorSource:
+  """Random access to a checkpoint's tensors by HF name: `names` maps each name to the file that
+  holds it (for error messages); `get` reads one tensor."""
+
+  def names(self) -> dict[str, str]:
+    raise NotImplementedError
+
+  def get(self, name: str) -> np.ndarray:
+    raise NotImplementedError
+
+
+class SafetensorsSource(TensorSource):
+  """A HF directory of safetensors shards, read one tensor at a time (memory-mapped)."""
+
+  def __init__(self, hf_dir: str | Path):
+    self._files = shard_files(hf_dir)
+
+  def names(self) -> dict[str, str]:
+    return {n: p.name for n, p in self._files.items()}
+
+  def get(self, name: str) -> np.ndarray:
+    path = self._files[name]
     try:
       with safe_open(str(path), framework="numpy") as f:
-        present = set(f.keys())
-        for name in names:
-          if name not in present:
-            raise ValueError(f"{path.name}: tensor {name} listed in the index is not in the file")
-          yield name, path, f.get_tensor(name)
+        if name not in f.keys():
+          raise ValueError(f"{path.name}: tensor {name} listed in the index is not in the file")
+        return f.get_tensor(name)
     except OSError as e:
       raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
 
 
-def params_from_tensors(tensors: Iterable[tuple[str, str | Path, np.ndarray]], cfg: ModelConfig,
-                        dtype: str | None = None, progress: Callable[[str], None] | None = None
-                        ) -> llama.Params:
-  """Builds the stacked param pytree (numpy) from a stream of (HF name, source file, array).
+class DictSource(TensorSource):
+  """Tensors already in memory (e.g. a transformers state dict)."""
 
-  Unknown, duplicate, missing or misshapen tensors are errors naming the tensor and its file.
-  `dtype` converts every tensor (default: keep the source dtype).
-  """
-  specs = llama.param_specs(cfg, stacked=True)
-  out: dict = {"layers": {}}
-  filled: set[str] = set()
+  def __init__(self, tensors: dict[str, np.ndarray], source: str = "state_dict"):
+    self._tensors, self._source = tensors, source
+
+  def names(self) -> dict[str, str]:
+    return {n: self._source for n in self._tensors}
+
+  def get(self, name: str) -> np.ndarray:
+    return self._tensors[name]
+
+
+def check_names(source: TensorSource, cfg: ModelConfig) -> None:
+  """Unknown, misplaced or missing tensors are errors naming the tensor and its file."""
   expected = set(hf_keys.expected_hf_names(cfg))
-  tied_head = None
-  for name, source, array in tensors:
-    source = Path(source).name
+  names = source.names()
+  for name, file in names.items():
     found = hf_keys.lookup(name)
     if found is None:
       if hf_keys.IGNORED.match(name):
         continue
-      raise ValueError(f"{source}: unknown tensor {name!r} (not part of a {hf_keys.__name__} LLaMA)")
-    entry, layer = found
-    if entry.param == "lm_head" and cfg.tie_word_embeddings:
-      tied_head = (source, array)   # some tied checkpoints store a copy; checked below
-      continue
-    if name not in expected:
-      raise ValueError(f"{source}: tensor {name!r} does not fit the config "
+      raise ValueError(f"{file}: unknown tensor {name!r} (not part of a LLaMA checkpoint)")
+    if name not in expected and not (found[0].param == "lm_head" and cfg.tie_word_embeddings):
+      raise ValueError(f"{file}: tensor {name!r} does not fit the config "
                        f"(num_layers={cfg.num_layers})")
-    if name in filled:
-      raise ValueError(f"{source}: duplicate tensor {name!r}")
-    want = entry.hf_shape(cfg)
-    if tuple(array.shape) != want:
-      raise ValueError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}, "
-                       f"config.json implies {want}")
-    value = entry.to_ours(array, cfg)
-    if dtype is not None:
-      value = value.astype(_np_dtype(dtype))
-    if entry.layered:
-      group = out["layers"]
-      if entry.param not in group:
-        group[entry.param] = np.empty(specs["layers"][entry.param].shape, value.dtype)
-      group[entry.param][layer] = value
-    else:
-      out[entry.param] = value
-    filled.add(name)
-    if progress:
-      progress(name)
-  missing = sorted(expected - filled)
+  missing = sorted(expected - set(names))
   if missing:
     more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
     raise ValueError(f"checkpoint is missing tensors: {', '.join(missing[:5])}{more}")
-  if tied_head is not None and not np.array_equal(tied_head[1], out["embed"]):
-    raise ValueError(f"{tied_head[0]}: config says tie_word_embeddings=true but lm_head.weight "
-                     "differs from model.embed_tokens.weight")
+
+
+def _read(source: TensorSource, name: str, cfg: ModelConfig, dtype: str | None) -> np.ndarray:
+  entry, _ = hf_keys.lookup(name)
+  array = source.get(name)
+  want = entry.hf_shape(cfg)
+  if tuple(array.shape) != want:
+    raise ValueError(f"{source.names()[name]}: tensor {name!r} has shape {tuple(array.shape)}, "
+                     f"config.json implies {want}")
+  value = entry.to_ours(array, cfg)
+  return value if dtype is None else value.astype(_np_dtype(dtype))
+
+
+def iter_params(source: TensorSource, cfg: ModelConfig, dtype: str | None = None,
+                progress: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+  """Yields (param path, array) one parameter at a time (layered ones stacked over layers).
+
+  Peak memory: one stacked parameter plus one HF tensor. `dtype` casts (default: keep).
+  """
+  check_names(source, cfg)
+  names = source.names()
+  for entry in hf_keys.TABLE:
+    if entry.param == "lm_head" and cfg.tie_word_embeddings:
+      if entry.hf in names:   # some tied checkpoints store a copy: it must be the embedding
+        if not np.array_equal(source.get(entry.hf), source.get("model.embed_tokens.weight")):
+          raise ValueError(f"{names[entry.hf]}: config says tie_word_embeddings=true but "
+                           "lm_head.weight differs from model.embed_tokens.weight")
+      continue
+    if not entry.layered:
+      value = _read(source, entry.hf, cfg, dtype)
+      if progress:
+        progress(entry.hf)
+      yield (entry.param,), value
+      continue
+    stacked = None
+    for i in range(cfg.num_layers):
+      name = entry.hf.format(i=i)
+      value = _read(source, name, cfg, dtype)
+      if stacked is None:
+        stacked = np.empty((cfg.num_layers,) + value.shape, value.dtype)
+      stacked[i] = value
+      if progress:
+        progress(name)
+    yield ("layers", entry.param), stacked
+
+
+def params_from_source(source: TensorSource, cfg: ModelConfig, dtype: str | None = None
+                       ) -> llama.Params:
+  """The whole stacked param pytree (numpy) in memory."""
+  out: dict = {"layers": {}}
+  for path, value in iter_params(source, cfg, dtype):
+    node = out
+    for key in path[:-1]:
+      node = node[key]
+    node[path[-1]] = value
   return out
 
 
@@ -145,34 +192,34 @@ def load_hf_config(hf_dir: str | Path, **overrides) -> ModelConfig:
   return ModelConfig.load_json(path, **overrides)
 
 
-def load_hf(hf_dir: str | Path, dtype: str | None = None,
-            progress: Callable[[str], None] | None = None) -> tuple[llama.Params, ModelConfig]:
-  """Reads a HF LLaMA directory into (numpy param pytree, config)."""
-  cfg = load_hf_config(hf_dir)
-  params = params_from_tensors(iter_safetensors(hf_dir), cfg, dtype, progress)
-  if dtype is not None:
-    cfg = cfg.replace(param_dtype=dtype)
-  return params, cfg
+def hf_tensors(params: llama.Params | Iterable[tuple[tuple[str, ...], np.ndarray]],
+               cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (HF name, array), converting one tensor at a time.
 
-
-def hf_tensors(params: llama.Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (HF name, array) in model order, converting one tensor at a time."""
+  `params` is a param pytree (either layer layout) or a stream of (param path, stacked array)
+  as `checkpoint.params.iter_params_numpy` yields: then one parameter is in memory at a time.
+  """
   by_param = {e.param: e for e in hf_keys.TABLE}
-  layers = params["layers"]
-  stacked = isinstance(layers, dict)
-  for name in hf_keys.expected_hf_names(cfg):
-    entry, layer = hf_keys.lookup(name)
+  if isinstance(params, dict):
+    params = llama.stack_layers(params)
+    params = [(("layers", k), v) for k, v in params["layers"].items()] + [
+        ((k,), v) for k, v in params.items() if k != "layers"]
+  for path, value in params:
+    entry = by_param[path[-1]]
+    value = np.asarray(value)
     if entry.layered:
-      value = layers[entry.param][layer] if stacked else layers[layer][entry.param]
+      for i in range(value.shape[0]):
+        yield entry.hf.format(i=i), entry.to_hf(value[i], cfg)
     else:
-      value = params[entry.param]
-    yield name, by_param[entry.param].to_hf(np.asarray(value), cfg)
+      yield entry.hf, entry.to_hf(value, cfg)
 
 
-def save_hf_weights(params: llama.Params, cfg: ModelConfig, out_dir: str | Path,
+def save_hf_weights(params: llama.Params | Iterable[tuple[tuple[str, ...], np.ndarray]],
+                    cfg: ModelConfig, out_dir: str | Path,
                     max_shard_bytes: int = 5 * 2**30,
                     progress: Callable[[str], None] | None = None) -> list[Path]:
-  """Writes sharded safetensors (+ index when more than one shard). Peak: one shard."""
+  """Writes sharded safetensors (+ index when more than one shard). Peak: one shard plus
+  one parameter when `params` is a stream."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   current: dict[str, np.ndarray] = {}

@@ -28,6 +28,7 @@ Attention handles three key sources, concatenated before one softmax:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -139,6 +140,22 @@ def stack_layers(params: Params) -> Params:
   return out
 
 
+def fuse_layers(params: Params) -> Params:
+  """Concatenates q/k/v and gate/up weights so a decode step does one matmul for each group
+  (`wqkv` [embed, heads + 2 kv_heads, head_dim], `w_gateup` [embed, 2 mlp]). Inference only:
+  the fused tensors have no sharding rule of their own, so use it on unsharded `tensor` axes."""
+  def fuse(layer, axis_shift):
+    out = {k: v for k, v in layer.items() if k not in ("wq", "wk", "wv", "w_gate", "w_up")}
+    out["wqkv"] = jnp.concatenate([layer["wq"], layer["wk"], layer["wv"]], axis=1 + axis_shift)
+    out["w_gateup"] = jnp.concatenate([layer["w_gate"], layer["w_up"]], axis=1 + axis_shift)
+    return out
+  layers = params["layers"]
+  out = dict(params)
+  out["layers"] = ([fuse(l, 0) for l in layers] if isinstance(layers, (list, tuple))
+                   else fuse(layers, 1))
+  return out
+
+
 # ---- caches ----------------------------------------------------------------------------------
 
 @jax.tree_util.register_dataclass
@@ -212,37 +229,51 @@ class _Keys(NamedTuple):
 
 
 def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> jax.Array:
-  """q [b, t, heads, d] against several key sources (+ a grouped prefix) -> [b, t, heads, d]."""
+  """q [b, t, heads, d] against several key sources (+ a grouped prefix) -> [b, t, heads, d].
+
+  One softmax over all sources, computed blockwise (shared max and denominator) so the score
+  blocks are never concatenated. A prefix [p, kv_heads, tp, d] is read by the b // p consecutive
+  rows of each problem through a batched matmul over (problem, kv head): no copies.
+  """
   b, t, h, d = q.shape
   kvh = sources[0].k.shape[1]
   g = h // kvh
-  scale = d ** -0.5
-  q = (q.astype(jnp.float32) * scale).astype(dtype).reshape(b, t, kvh, g, d)
-  scores, values = [], []
+  q = (q.astype(jnp.float32) * d ** -0.5).astype(dtype).reshape(b, t, kvh, g, d)
+  blocks = []   # (scores [b, kvh, g, t, keys] f32, values, kind)
   if prefix is not None:
     pk, pv, pvalid = prefix                       # [p, kvh, tp, d], [p, tp]
     p = pk.shape[0]
-    qp = q.reshape(p, b // p, t, kvh, g, d)
-    s = jnp.einsum("pntkgd,pksd->pnkgts", qp, pk.astype(dtype), preferred_element_type=jnp.float32)
-    s = jnp.where(pvalid[:, None, None, None, None, :], s, NEG_INF)
-    scores.append(s.reshape(b, kvh, g, t, -1))
+    n = b // p
+    qp = q.reshape(p, n, t, kvh, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(p, kvh, n * g * t, d)
+    s = jnp.einsum("pkqd,pksd->pkqs", qp, pk.astype(dtype), preferred_element_type=jnp.float32)
+    s = jnp.where(pvalid[:, None, None, :], s, NEG_INF)                     # [p, kvh, n g t, tp]
+    blocks.append((s, pv, "prefix"))
   for src in sources:
     s = jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
-    scores.append(jnp.where(src.mask[:, None, None, :, :], s, NEG_INF))
-  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dtype)
+    blocks.append((jnp.where(src.mask[:, None, None, :, :], s, NEG_INF), src.v, "rows"))
+
+  def rows_view(x):   # prefix-shaped [p, kvh, n g t, .] -> [b, kvh, g, t, .]
+    return x.reshape(p, kvh, n, g, t, -1).transpose(0, 2, 1, 3, 4, 5).reshape(b, kvh, g, t, -1)
+
+  maxes = [rows_view(jnp.max(s, -1, keepdims=True)) if kind == "prefix" else jnp.max(s, -1, keepdims=True)
+           for s, _, kind in blocks]
+  m = functools.reduce(jnp.maximum, maxes)                                 # [b, kvh, g, t, 1]
   out = jnp.zeros((b, kvh, g, t, d), jnp.float32)
-  offset = 0
-  if prefix is not None:
-    tp = pk.shape[2]
-    pp = probs[..., offset:offset + tp].reshape(p, b // p, kvh, g, t, tp)
-    out += jnp.einsum("pnkgts,pksd->pnkgtd", pp, pv.astype(dtype),
-                      preferred_element_type=jnp.float32).reshape(b, kvh, g, t, d)
-    offset += tp
-  for src in sources:
-    n = src.k.shape[2]
-    out += jnp.einsum("bkgts,bksd->bkgtd", probs[..., offset:offset + n], src.v.astype(dtype),
-                      preferred_element_type=jnp.float32)
-    offset += n
+  denom = jnp.zeros((b, kvh, g, t, 1), jnp.float32)
+  for s, v, kind in blocks:
+    if kind == "prefix":
+      e = jnp.exp(s - m.reshape(p, n, kvh, g, t, 1).transpose(0, 2, 1, 3, 4, 5).reshape(
+          p, kvh, n * g * t, 1))
+      o = jnp.einsum("pkqs,pksd->pkqd", e.astype(dtype), v.astype(dtype),
+                     preferred_element_type=jnp.float32)
+      out += rows_view(o)
+      denom += rows_view(jnp.sum(e, -1, keepdims=True))
+    else:
+      e = jnp.exp(s - m)
+      out += jnp.einsum("bkgts,bksd->bkgtd", e.astype(dtype), v.astype(dtype),
+                        preferred_element_type=jnp.float32)
+      denom += jnp.sum(e, -1, keepdims=True)
+  out = out / denom
   return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
@@ -252,9 +283,15 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
   """One decoder layer. x [b, t, embed]. Returns (x, updated (k, v) cache of this layer)."""
   dtype = x.dtype
   h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-  q = apply_rope(_dot("bte,ehd->bthd", h, lp["wq"], dtype), cos, sin)
-  k = apply_rope(_dot("bte,ekd->btkd", h, lp["wk"], dtype), cos, sin)
-  v = _dot("bte,ekd->btkd", h, lp["wv"], dtype)
+  if "wqkv" in lp:                                   # fused layout (see `fuse_layers`)
+    qkv = _dot("bte,ehd->bthd", h, lp["wqkv"], dtype)
+    nh, nk = cfg.num_heads, cfg.num_kv_heads
+    q, k, v = qkv[:, :, :nh], qkv[:, :, nh:nh + nk], qkv[:, :, nh + nk:]
+  else:
+    q = _dot("bte,ehd->bthd", h, lp["wq"], dtype)
+    k = _dot("bte,ekd->btkd", h, lp["wk"], dtype)
+    v = _dot("bte,ekd->btkd", h, lp["wv"], dtype)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   k_t, v_t = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [b, kvh, t, d]
   new_cache = None
   if cache_kv is None:
@@ -270,10 +307,14 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
   if prefix_kv is not None:
     pre = (prefix_kv[0], prefix_kv[1], prefix_kv[2])
   attn = _attend(q, sources, pre, dtype)
-  x = x + _dot("bthd,hde->bte", attn, lp["wo"], dtype)
+  b, t, nh, hd = attn.shape   # 2-D matmul on a free reshape: a 3-D contraction makes XLA copy wo
+  x = x + _dot("btf,fe->bte", attn.reshape(b, t, nh * hd), lp["wo"].reshape(nh * hd, -1), dtype)
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-  gate = _dot("bte,em->btm", h, lp["w_gate"], dtype)
-  up = _dot("bte,em->btm", h, lp["w_up"], dtype)
+  if "w_gateup" in lp:
+    gate, up = jnp.split(_dot("bte,em->btm", h, lp["w_gateup"], dtype), 2, axis=-1)
+  else:
+    gate = _dot("bte,em->btm", h, lp["w_gate"], dtype)
+    up = _dot("bte,em->btm", h, lp["w_up"], dtype)
   x = x + _dot("btm,me->bte", jax.nn.silu(gate) * up, lp["w_down"], dtype)
   return x, new_cache
 

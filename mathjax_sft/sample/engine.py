@@ -2,10 +2,11 @@
 
 For a batch of P problems:
   1. prefill   [P, prompt_bucket] -> a `Prefix` (keys/values per problem) + last-token logits.
-  2. decode    rows [P * S] (S samples per problem per chunk; N = chunks x S) read their
-               problem's prefix without copies, and keep only their own generated keys in a
-               ring-buffer cache of `max_new_tokens` slots. The loop is one `lax.while_loop`
-               inside one jit, with a done mask; it exits as soon as every row has finished.
+  2. decode    rows [P * S] (S slots per problem) read their problem's prefix without copies
+               and keep only their own generated keys in a ring-buffer cache of
+               `max_new_tokens` slots. When a row's sample ends, the row takes the problem's
+               next pending sample (continuous batching), until all N are drawn. The loop is one
+               `lax.while_loop` inside one jit; it exits when no row has work left.
 Sample j of problem `key` draws its t-th token with the uniform
 `fold_in(fold_in(fold_in(seed, key), j), t)`, so a sample does not depend on which other
 problems or samples share its batch.
@@ -30,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig
-from mathjax_sft.sample.strategies import SamplingParams, sample_tokens
+from mathjax_sft.sample.strategies import SamplingParams, sample_many, sample_tokens
 from mathjax_sft.sharding import rules as sharding_rules
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,13 @@ MIN_PROMPT_BUCKET = 64
 class EngineConfig:
   max_new_tokens: int = 512
   problems_per_batch: int = 4       # P: prompts prefilled together
-  samples_per_chunk: int = 64       # S: decode rows per problem at once (N is split in chunks)
+  slots_per_problem: int = 64       # S: decode rows per problem, refilled until N are drawn
   stop_token_ids: tuple[int, ...] = ()        # besides the model's EOS ids
   stop_sequences: tuple[tuple[int, ...], ...] = ()   # token-id sequences that end a sample
   max_prompt_len: int | None = None
 
   def __post_init__(self):
-    for name in ("max_new_tokens", "problems_per_batch", "samples_per_chunk"):
+    for name in ("max_new_tokens", "problems_per_batch", "slots_per_problem"):
       if getattr(self, name) <= 0:
         raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
 
@@ -77,14 +78,17 @@ class Engine:
     self.cfg = cfg
     self.ecfg = engine_cfg
     self.params = llama.unstack_layers(params)
+    if mesh is None or mesh.shape.get("tensor", 1) == 1:
+      self.params = llama.fuse_layers(self.params)
     self.mesh = mesh
     self.stop_ids = tuple(sorted(set(cfg.eos_token_ids) | set(engine_cfg.stop_token_ids)))
     if not self.stop_ids and not engine_cfg.stop_sequences:
       log.warning("no EOS or stop tokens: every sample runs to max_new_tokens")
     self.compiled_shapes: set[tuple] = set()
     self._prefill = jax.jit(self._prefill_fn)
-    self._decode = jax.jit(self._decode_fn, static_argnames=("filtered",), donate_argnums=())
-    self.new_tokens = 0
+    self._decode = jax.jit(self._decode_fn, static_argnames=("num_samples", "slots", "filtered"))
+    self.new_tokens = 0          # generated tokens, stop tokens included
+    self.decode_steps = 0
     self.decode_seconds = 0.0
 
   # ---- jitted programs ----------------------------------------------------------------------
@@ -93,32 +97,37 @@ class Engine:
     p, t = tokens.shape
     valid = jnp.arange(t)[None, :] < lengths[:, None]
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (p, t))
-    cache = llama.init_cache(self.cfg, p, t, stacked=False)
+    cache = llama.init_cache(self.cfg, p, t, stacked=False, dtype=self.cfg.compute_dtype)
     hidden, cache = llama.forward(params, self.cfg, tokens, positions,
                                   segment_ids=valid.astype(jnp.int32), cache=cache,
                                   return_hidden=True)
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]   # [P, E]
     return llama.prefix_from_cache(cache), llama.lm_head(params, self.cfg, last)
 
-  def _decode_fn(self, params, prefix, last_logits, lengths, keys, sample_ids, seed, temperature,
-                 top_p, top_k, filtered: bool):
-    """Decodes rows [P * S]: row r belongs to problem r // S and is sample sample_ids[r].
+  def _decode_fn(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
+                 top_k, num_samples: int, slots: int, filtered: bool):
+    """All `num_samples` samples of P problems through P x `slots` decode rows.
 
-    keys [P] int32 problem keys, seed int32 scalar; returns (tokens [B, max_new] int32, num_tokens [B], stopped [B]).
+    Row r serves problem r // slots. When its sample ends (stop token or max_new_tokens), the
+    row is refilled with the problem's next pending sample (continuous batching: no row decodes
+    padding while work is left); its cache slots are invalidated and it restarts at the end of
+    the shared prompt. The first token of every sample is drawn up front from the prompt's last
+    logits (one running sum per problem, one binary search per sample).
+
+    keys [P] int32 problem keys, seed int32 scalar. Returns tokens [P * N, max_new] int32,
+    lengths [P * N], finished [P * N] (True: ended by a stop token).
     """
     cfg, ecfg = self.cfg, self.ecfg
-    p = last_logits.shape[0]
-    b = sample_ids.shape[0]
-    s = b // p
-    max_new = ecfg.max_new_tokens
+    P, N, S = last_logits.shape[0], num_samples, slots
+    B, max_new = P * S, ecfg.max_new_tokens
     seed_key = jax.random.key(seed)
-    row_keys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.fold_in(seed_key, k), j))(
-        jnp.repeat(keys, s), sample_ids)
-    row_len = jnp.repeat(lengths, s)                                        # [B] prompt lengths
-
-    def draw(logits, step):
-      u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(row_keys)
-      return sample_tokens(logits, u, temperature, top_p, top_k, filtered)
+    sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(
+        jax.random.fold_in(seed_key, k), j))(jnp.arange(N)))(keys)        # [P, N] keys
+    flat_keys = sample_keys.reshape(P * N)
+    u0 = jax.vmap(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0))))(sample_keys)
+    first = sample_many(last_logits, u0, temperature, top_p, top_k, filtered)  # [P, N]
+    row_problem = jnp.repeat(jnp.arange(P), S)                             # [B]
+    row_len = jnp.repeat(lengths, S)                                      # prompt lengths
 
     stop_ids = jnp.asarray(self.stop_ids or (-1,), jnp.int32)
     seqs = ecfg.stop_sequences
@@ -135,31 +144,70 @@ class Engine:
         hit |= jnp.any(jnp.all(match, axis=-1), axis=-1)
       return hit
 
-    first = draw(jnp.repeat(last_logits, s, axis=0), 0)
-    window = jnp.concatenate([jnp.full((b, width - 1), -1, jnp.int32), first[:, None]], axis=1)
-    done = stops(first, window)
-    out = jnp.zeros((b, max_new), jnp.int32).at[:, 0].set(first)
-    num = jnp.where(done, 0, 1).astype(jnp.int32)       # tokens kept (stop token excluded)
-    cache = llama.init_cache(cfg, b, max_new, stacked=False)
+    def assign(need, st):
+      """Rows in `need` take their problem's next pending samples (or go idle)."""
+      rank = jnp.cumsum(need.reshape(P, S), axis=1) - 1
+      new_j = (st["next_j"][:, None] + rank).reshape(B)
+      j = jnp.where(need, new_j, st["j"])
+      has = j < N
+      gidx = row_problem * N + jnp.minimum(j, N - 1)
+      ftok = first.reshape(P * N)[gidx]
+      window = jnp.where(need[:, None], jnp.concatenate(
+          [jnp.full((B, width - 1), -1, jnp.int32), ftok[:, None]], axis=1), st["window"])
+      fstop = need & has & stops(ftok, window)            # a sample that is empty: done at once
+      live = need & has & ~fstop
+      drop = P * N                                         # out-of-range index: write nothing
+      st = dict(st, j=j, window=window,
+                next_j=st["next_j"] + jnp.sum(need.reshape(P, S), axis=1),
+                tok=jnp.where(need, ftok, st["tok"]), n=jnp.where(need, 1, st["n"]),
+                active=jnp.where(need, live, st["active"]), pending=fstop,
+                out=st["out"].at[jnp.where(live, gidx, drop), 0].set(ftok, mode="drop"),
+                out_len=st["out_len"].at[jnp.where(fstop, gidx, drop)].set(0, mode="drop"),
+                out_fin=st["out_fin"].at[jnp.where(fstop, gidx, drop)].set(True, mode="drop"))
+      cache = st["cache"]
+      st["cache"] = llama.KVCache(k=cache.k, v=cache.v, valid=cache.valid & ~need[:, None],
+                                  index=cache.index)
+      return st
 
-    def cond(state):
-      step, _, _, done, _, _, _ = state
-      return (step < max_new - 1) & ~jnp.all(done)
+    cache = llama.init_cache(cfg, B, max_new, stacked=False, dtype=cfg.compute_dtype)
+    st = dict(step=jnp.zeros((), jnp.int32), cache=cache,
+              j=jnp.full((B,), -1, jnp.int32), next_j=jnp.zeros((P,), jnp.int32),
+              tok=jnp.zeros((B,), jnp.int32), n=jnp.zeros((B,), jnp.int32),
+              active=jnp.zeros((B,), bool), pending=jnp.zeros((B,), bool),
+              window=jnp.full((B, width), -1, jnp.int32),
+              out=jnp.zeros((P * N, max_new), jnp.int32),
+              out_len=jnp.full((P * N,), max_new, jnp.int32),
+              out_fin=jnp.zeros((P * N,), bool))
+    st = assign(jnp.ones((B,), bool), st)
+    step_cap = (-(-N // S) + 1) * max_new + 1
 
-    def body(state):
-      step, cache, tok, done, out, num, window = state
-      logits, cache = llama.forward(params, cfg, tok[:, None], (row_len + step)[:, None],
-                                    cache=cache, prefix=prefix)
-      nxt = draw(logits[:, 0], step + 1)
-      window = jnp.concatenate([window[:, 1:], nxt[:, None]], axis=1)
-      hit = stops(nxt, window) & ~done
-      out = out.at[:, step + 1].set(jnp.where(done, 0, nxt))
-      num = jnp.where(done | hit, num, num + 1)
-      return step + 1, cache, nxt, done | hit, out, num, window
+    def cond(st):
+      return jnp.any(st["active"] | st["pending"]) & (st["step"] < step_cap)
 
-    state = (jnp.zeros((), jnp.int32), cache, first, done, out, num, window)
-    _, _, _, done, out, num, _ = jax.lax.while_loop(cond, body, state)
-    return out, num, done
+    def body(st):
+      n, active = st["n"], st["active"]
+      logits, cache = llama.forward(params, cfg, st["tok"][:, None], (row_len + n - 1)[:, None],
+                                    cache=st["cache"], prefix=prefix)
+      gidx = row_problem * N + jnp.clip(st["j"], 0, N - 1)
+      u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(flat_keys[gidx], n)
+      nxt = sample_tokens(logits[:, 0], u, temperature, top_p, top_k, filtered)
+      window = jnp.concatenate([st["window"][:, 1:], nxt[:, None]], axis=1)
+      hit = active & stops(nxt, window)
+      write = active & ~hit
+      full = write & (n + 1 >= max_new)
+      drop = P * N
+      out = st["out"].at[jnp.where(write, gidx, drop), jnp.minimum(n, max_new - 1)].set(
+          nxt, mode="drop")
+      ended = hit | full
+      out_len = st["out_len"].at[jnp.where(ended, gidx, drop)].set(jnp.where(hit, n, max_new),
+                                                                   mode="drop")
+      out_fin = st["out_fin"].at[jnp.where(ended, gidx, drop)].set(hit, mode="drop")
+      st = dict(st, step=st["step"] + 1, cache=cache, tok=nxt, n=n + 1, window=window, out=out,
+                out_len=out_len, out_fin=out_fin)
+      return assign(ended | st["pending"], st)
+
+    st = jax.lax.while_loop(cond, body, st)
+    return st["out"], st["out_len"], st["out_fin"], st["step"]
 
   # ---- host side ----------------------------------------------------------------------------
   def _shard_batch(self, x):
@@ -171,7 +219,7 @@ class Engine:
 
   def generate(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str], num_samples: int,
                sampling: SamplingParams, seed: int = 0) -> list[Samples]:
-    """N samples for each prompt (token ids). Batches of P problems, chunks of S samples."""
+    """N samples for each prompt (token ids), in batches of P problems."""
     if len(prompts) != len(problem_ids):
       raise ValueError("prompts and problem_ids differ in length")
     results: list[Samples] = []
@@ -199,29 +247,24 @@ class Engine:
       tokens[i, :len(p)] = p
     self._note_shape(("prefill", P, t))
     prefix, last = self._prefill(self.params, self._shard_batch(tokens), self._shard_batch(lengths))
-    S = min(self.ecfg.samples_per_chunk, num_samples)
+    S = min(self.ecfg.slots_per_problem, num_samples)
     keys = np.array([problem_key(i) for i in problem_ids], np.int32)
-    per_problem = [[None] * num_samples for _ in range(P)]
-    finished = [[False] * num_samples for _ in range(P)]
-    temperature = jnp.float32(sampling.temperature)
-    top_p, top_k = jnp.float32(sampling.top_p), jnp.int32(sampling.top_k)
-    for c0 in range(0, num_samples, S):
-      sample_ids = np.tile(np.arange(c0, c0 + S, dtype=np.int32), P)      # [P * S]
-      self._note_shape(("decode", P * S, t, self.ecfg.max_new_tokens, sampling.filtered))
-      tic = time.perf_counter()
-      out, num, done = self._decode(self.params, prefix, last, self._shard_batch(lengths),
-                                    self._shard_batch(keys), self._shard_batch(sample_ids),
-                                    jnp.int32(seed), temperature, top_p, top_k, filtered=sampling.filtered)
-      out, num, done = np.asarray(out), np.asarray(num), np.asarray(done)
-      self.decode_seconds += time.perf_counter() - tic
-      for r in range(P * S):
-        i, j = divmod(r, S)
-        j += c0
-        if j < num_samples and i < real:
-          per_problem[i][j] = out[r, :num[r]].tolist()
-          finished[i][j] = bool(done[r])
-          self.new_tokens += int(num[r]) + int(done[r])
-    return [Samples(tokens=per_problem[i], finished=finished[i]) for i in range(P)]
+    self._note_shape(("decode", P, S, num_samples, t, self.ecfg.max_new_tokens, sampling.filtered))
+    tic = time.perf_counter()
+    out, out_len, out_fin, steps = self._decode(
+        self.params, prefix, last, self._shard_batch(lengths), self._shard_batch(keys),
+        jnp.int32(seed), jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
+        jnp.int32(sampling.top_k), num_samples=num_samples, slots=S, filtered=sampling.filtered)
+    out, out_len, out_fin = np.asarray(out), np.asarray(out_len), np.asarray(out_fin)
+    self.decode_seconds += time.perf_counter() - tic
+    self.decode_steps += int(steps)
+    results = []
+    for i in range(real):
+      rows = range(i * num_samples, (i + 1) * num_samples)
+      results.append(Samples(tokens=[out[r, :out_len[r]].tolist() for r in rows],
+                             finished=[bool(out_fin[r]) for r in rows]))
+      self.new_tokens += int(sum(out_len[r] + out_fin[r] for r in rows))
+    return results
 
   def _note_shape(self, key: tuple) -> None:
     if key not in self.compiled_shapes:

@@ -25,7 +25,7 @@ from mathjax_sft.eval.grade import Grader
 from mathjax_sft.sample.engine import Engine, EngineConfig
 from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.sharding import mesh as mesh_lib
-from mathjax_sft.synth.store import JsonlStore
+from mathjax_sft.jsonl_store import JsonlStore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class SampleRunConfig:
   system_prompt: str | None = None
   stop_strings: tuple[str, ...] = ()
   problems_per_batch: int = 4
-  samples_per_chunk: int = 64
+  slots_per_problem: int = 64
   compute_dtype: str = "float32"
   param_dtype: str | None = None     # cast weights while loading (e.g. bfloat16)
   mesh_shape: tuple[int, ...] | None = None
@@ -67,7 +67,7 @@ class SampleRunConfig:
     """What must not change between a run and its resumption."""
     keep = ("checkpoint", "dataset", "num_samples", "temperature", "top_p", "top_k",
             "max_new_tokens", "seed", "template", "system_prompt", "stop_strings",
-            "problems_per_batch", "samples_per_chunk", "compute_dtype", "param_dtype")
+            "problems_per_batch", "slots_per_problem", "compute_dtype", "param_dtype")
     out = {k: getattr(self, k) for k in keep}
     out["checkpoint"] = str(Path(self.checkpoint).absolute())
     out["stop_strings"] = list(self.stop_strings)
@@ -124,7 +124,7 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
                     for s in cfg.stop_strings)
   engine = Engine(params, model_cfg, EngineConfig(
       max_new_tokens=cfg.max_new_tokens, problems_per_batch=cfg.problems_per_batch,
-      samples_per_chunk=cfg.samples_per_chunk, stop_sequences=stop_seqs), mesh=mesh)
+      slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
 
   store = JsonlStore(out_dir / SAMPLES_FILE)

@@ -36,32 +36,46 @@ class SamplingParams:
     return self.top_p < 1.0 or self.top_k > 0
 
 
-def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
-  """Index i with cdf[i-1] <= u * total < cdf[i]; weights [b, v] >= 0, u [b] in [0, 1)."""
+def _weights(logits: jax.Array, temperature, top_p, top_k, filtered: bool):
+  """Unnormalised sampling weights [b, v] (in descending order when `filtered`) and that order."""
+  z = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  z = z - jnp.max(z, axis=-1, keepdims=True)
+  if not filtered:
+    return jnp.exp(z), None
+  order = jnp.argsort(-z, axis=-1)                                       # [b, v] descending
+  w = jnp.exp(jnp.take_along_axis(z, order, axis=-1))
+  rank = jnp.arange(z.shape[-1])[None, :]
+  keep = (top_k <= 0) | (rank < top_k)
+  probs = w / jnp.sum(w, axis=-1, keepdims=True)
+  keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p                  # always keeps the top
+  return jnp.where(keep, w, 0.0), order
+
+
+def _lookup(weights: jax.Array, order, u: jax.Array) -> jax.Array:
+  """Inverse CDF: weights [b, v], u [b, n] in [0, 1) -> token ids [b, n] int32."""
   cdf = jnp.cumsum(weights, axis=-1)
-  target = u[:, None] * cdf[:, -1:]
-  idx = jnp.sum(cdf <= target, axis=-1)
-  return jnp.minimum(idx, weights.shape[-1] - 1).astype(jnp.int32)
+  targets = u * cdf[:, -1:]
+  idx = jax.vmap(lambda c, t: jnp.searchsorted(c, t, side="right"))(cdf, targets)
+  idx = jnp.minimum(idx, weights.shape[-1] - 1)
+  if order is not None:
+    idx = jnp.take_along_axis(order, idx, axis=-1)
+  return idx.astype(jnp.int32)
 
 
 def sample_tokens(logits: jax.Array, u: jax.Array, temperature: jax.Array, top_p: jax.Array,
                   top_k: jax.Array, filtered: bool = False) -> jax.Array:
-  """logits [b, vocab] (f32), u [b] uniforms -> tokens [b] int32."""
-  logits = logits.astype(jnp.float32)
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  z = logits / jnp.maximum(temperature, 1e-6)
-  z = z - jnp.max(z, axis=-1, keepdims=True)
-  if not filtered:
-    sampled = _inverse_cdf(jnp.exp(z), u)
-  else:
-    order = jnp.argsort(-z, axis=-1)                                   # [b, v] descending
-    zs = jnp.take_along_axis(z, order, axis=-1)
-    w = jnp.exp(zs)
-    rank = jnp.arange(z.shape[-1])[None, :]
-    keep = (top_k <= 0) | (rank < top_k)
-    probs = w / jnp.sum(w, axis=-1, keepdims=True)
-    before = jnp.cumsum(probs, axis=-1) - probs                       # mass strictly before
-    keep &= before < top_p                                            # always keeps the top token
-    pos = _inverse_cdf(jnp.where(keep, w, 0.0), u)
-    sampled = jnp.take_along_axis(order, pos[:, None], axis=-1)[:, 0].astype(jnp.int32)
-  return jnp.where(temperature > 0, sampled, greedy)
+  """logits [b, vocab], u [b] uniforms -> tokens [b] int32 (argmax when temperature == 0)."""
+  return sample_many(logits, u[:, None], temperature, top_p, top_k, filtered)[:, 0]
+
+
+def sample_many(logits: jax.Array, u: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                top_k: jax.Array, filtered: bool = False) -> jax.Array:
+  """Several draws per row from the same logits: logits [b, vocab], u [b, n] -> [b, n] int32.
+
+  Draw (row, i) equals `sample_tokens(logits[row:row+1], u[row, i:i+1], ...)`: the weights and
+  their running sum are computed once per row, then each uniform is a binary search.
+  """
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)[:, None]
+  weights, order = _weights(logits, temperature, top_p, top_k, filtered)
+  sampled = _lookup(weights, order, u)
+  return jnp.where(temperature > 0, sampled, jnp.broadcast_to(greedy, sampled.shape))

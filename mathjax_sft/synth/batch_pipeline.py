@@ -27,7 +27,7 @@ from mathjax_sft.synth.filters import QuestionFilters
 from mathjax_sft.synth.formats import DatasetFormat
 from mathjax_sft.synth.outputs import OutputDir
 from mathjax_sft.synth.replies import ReplyError, Verdict, parse_new_question
-from mathjax_sft.synth.store import JsonlStore
+from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth.usage import UsageTracker, progress_line
 
 log = logging.getLogger(__name__)

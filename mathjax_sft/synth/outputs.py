@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mathjax_sft.synth.store import JsonlStore
+from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth.usage import USAGE_NAME, UsageTracker
 
 log = logging.getLogger(__name__)

@@ -164,3 +164,13 @@ def test_config_validation_and_hf_round_trip():
   old_style.pop("rope_parameters")
   old_style["rope_theta"] = 1234.0
   assert ModelConfig.from_hf(old_style).rope_theta == 1234.0
+
+
+def test_fused_layout_gives_the_same_logits():
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(5))
+  tokens = np.random.RandomState(8).randint(0, 256, (2, 9))
+  ref, _ = llama.forward(params, cfg, tokens)
+  for p in (llama.fuse_layers(params), llama.fuse_layers(llama.unstack_layers(params))):
+    got, _ = llama.forward(p, cfg, tokens)
+    np.testing.assert_allclose(got, ref, atol=1e-5)

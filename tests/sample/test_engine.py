@@ -30,7 +30,7 @@ def test_greedy_matches_transformers_generate(smollm2_checkpoint, smollm2_hf):
   prompts = _gsm8k_prompts(tokenizer, 3)
   params, cfg = ckpt.load_params(smollm2_checkpoint)
   engine = Engine(params, cfg, EngineConfig(max_new_tokens=40, problems_per_batch=2,
-                                            samples_per_chunk=1))
+                                            slots_per_problem=1))
   ours = engine.generate(prompts, ["a", "b", "c"], 1, SamplingParams(temperature=0.0))
   for prompt, got in zip(prompts, ours):
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_shared_prefix_samples_equal_independent_recomputation(tiny, sampling):
   cfg, params, prompts = tiny
   steps = 10
   engine = Engine(params, cfg, EngineConfig(max_new_tokens=steps, problems_per_batch=2,
-                                            samples_per_chunk=3))
+                                            slots_per_problem=3))
   ids = ["p0", "p1", "p2"]
   got = engine.generate(prompts, ids, 5, sampling, seed=3)
   distinct = set()
@@ -100,12 +100,12 @@ def test_same_seed_same_samples_whatever_the_batching(tiny):
   runs = []
   for ppb, spc in [(1, 8), (2, 3), (4, 2)]:
     engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=ppb,
-                                              samples_per_chunk=spc))
+                                              slots_per_problem=spc))
     runs.append([r.tokens for r in engine.generate(prompts, ids, 6, sampling, seed=11)])
   assert runs[0] == runs[1] == runs[2]
   # a problem's samples do not depend on which problems share its batch
   engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=2,
-                                            samples_per_chunk=6))
+                                            slots_per_problem=6))
   alone = engine.generate([prompts[2]], ["c"], 6, sampling, seed=11)[0].tokens
   assert alone == runs[0][2]
   other_seed = engine.generate(prompts, ids, 6, sampling, seed=12)
@@ -117,20 +117,21 @@ def test_eos_stops_rows_and_loop_exits_early(tiny):
   logits, _ = llama.forward(params, cfg, np.array([prompts[0]]))
   likely = int(jnp.argmax(logits[0, -1]))        # greedy's first token: make it a stop token
   engine = Engine(params, cfg.replace(eos_token_ids=(likely,)),
-                  EngineConfig(max_new_tokens=64, problems_per_batch=1, samples_per_chunk=2))
+                  EngineConfig(max_new_tokens=64, problems_per_batch=1, slots_per_problem=2))
   res = engine.generate([prompts[0]], ["x"], 2, SamplingParams(temperature=0.0))[0]
   assert res.tokens == [[], []] and res.finished == [True, True]
-  assert engine.new_tokens == 2    # one (stop) token per row: the loop did not run to 64
+  assert engine.new_tokens == 2    # one (stop) token per row
+  assert engine.decode_steps <= 1  # and the loop did not run on to max_new_tokens
 
 
 def test_stop_sequences(tiny):
   cfg, params, prompts = tiny
   engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
-                                            samples_per_chunk=1))
+                                            slots_per_problem=1))
   free = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0].tokens[0]
   stop = tuple(free[3:5])
   engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
-                                            samples_per_chunk=1, stop_sequences=(stop,)))
+                                            slots_per_problem=1, stop_sequences=(stop,)))
   res = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0]
   first = next(i for i in range(len(free) - 1) if tuple(free[i:i + 2]) == stop)
   assert res.finished == [True] and res.tokens[0] == free[:first + 1]

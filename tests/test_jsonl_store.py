@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mathjax_sft.synth.store import JsonlStore, StoreError, repair_tail
+from mathjax_sft.jsonl_store import JsonlStore, StoreError, repair_tail
 
 
 def test_append_writes_whole_lines_and_reads_back(tmp_path: Path):

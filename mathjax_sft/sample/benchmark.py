@@ -1,0 +1,119 @@
+"""Sampler benchmark: our engine vs transformers `generate(num_return_sequences=N)` in one run.
+
+Both draw N samples per prompt from the same model, prompts, temperature and token budget.
+Throughput is generated tokens (up to and including EOS) per second of wall time, after a
+warm-up call (compilation excluded for us, first-call overhead excluded for torch). transformers
+is a reference only: it is imported here, never by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from mathjax_sft import paths
+from mathjax_sft.checkpoint import params as ckpt
+from mathjax_sft.data import templates
+from mathjax_sft.eval import problems as problems_lib
+from mathjax_sft.model.config import ModelConfig
+from mathjax_sft.sample.engine import Engine, EngineConfig
+from mathjax_sft.sample.strategies import SamplingParams
+from mathjax_sft.train.metrics import measure_matmul_peak
+
+
+def decode_flops(cfg: ModelConfig, context: float) -> float:
+  """FLOPs of one decode step for one row: 2 x matmul params + attention over `context` keys."""
+  e, m, h, k, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                   cfg.head_dim)
+  matmul = cfg.num_layers * (e * d * (2 * h + 2 * k) + 3 * e * m) + e * cfg.vocab_size
+  return 2.0 * matmul + 4.0 * cfg.num_layers * h * d * context
+
+
+def _prompts(tokenizer, num_prompts: int) -> list[list[int]]:
+  problems = problems_lib.load_problems("gsm8k", num_prompts + 1)
+  texts = [templates.render_prompt("chat", p.question, tokenizer) for p in problems]
+  return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def run_ours(checkpoint: str, prompts, num_samples, max_new_tokens, temperature,
+             compute_dtype: str) -> dict[str, Any]:
+  params, cfg = ckpt.load_params(checkpoint, compute_dtype=compute_dtype,
+                                 param_dtype=compute_dtype)
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=max_new_tokens, problems_per_batch=1,
+                                            slots_per_problem=num_samples))
+  sampling = SamplingParams(temperature)
+  tic = time.perf_counter()
+  timed = prompts[1:]
+  engine.generate(timed, [f"warmup{i}" for i in range(len(timed))], num_samples, sampling)  # compiles
+  compile_s = time.perf_counter() - tic
+  engine.new_tokens = engine.decode_steps = 0
+  tic = time.perf_counter()
+  results = engine.generate(timed, [f"p{i}" for i in range(len(timed))], num_samples, sampling)
+  wall = time.perf_counter() - tic
+  lengths = [len(t) + f for r in results for t, f in zip(r.tokens, r.finished)]
+  ctx = np.mean([len(p) for p in prompts[1:]]) + np.mean(lengths) / 2
+  return {"tokens": int(sum(lengths)), "seconds": wall, "first_call_s": compile_s,
+          "tokens_per_s": sum(lengths) / wall, "mean_len": float(np.mean(lengths)),
+          "decode_steps": engine.decode_steps,
+          "flops": decode_flops(cfg, ctx) * sum(lengths), "cfg": cfg}
+
+
+def run_transformers(prompts, num_samples, max_new_tokens, temperature, threads: int,
+                     eos_id: int) -> dict[str, Any]:
+  import torch
+  import transformers
+  torch.set_num_threads(threads)
+  gguf = paths.smollm2_gguf()
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(gguf.parent), gguf_file=gguf.name, dtype="float32").eval()
+
+  def generate(prompt, n_new):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                           temperature=temperature, top_k=0, top_p=1.0,
+                           num_return_sequences=num_samples, max_new_tokens=n_new,
+                           pad_token_id=eos_id, eos_token_id=eos_id)
+    new = out[:, len(prompt):].numpy()
+    return [int(np.argmax(row == eos_id)) + 1 if (row == eos_id).any() else len(row) for row in new]
+
+  generate(prompts[0], 4)                                            # warm-up
+  tic = time.perf_counter()
+  lengths = [n for p in prompts[1:] for n in generate(p, max_new_tokens)]
+  wall = time.perf_counter() - tic
+  return {"tokens": int(sum(lengths)), "seconds": wall, "tokens_per_s": sum(lengths) / wall,
+          "mean_len": float(np.mean(lengths))}
+
+
+def run(checkpoint: str, num_prompts: int = 1, num_samples: int = 64, max_new_tokens: int = 256,
+        temperature: float = 0.7, threads: int = 2, compute_dtype: str = "float32",
+        skip_reference: bool = False) -> dict[str, Any]:
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+  prompts = _prompts(tokenizer, num_prompts)
+  peak = measure_matmul_peak(compute_dtype, n=2048, repeats=5)
+  ours = run_ours(checkpoint, prompts, num_samples, max_new_tokens, temperature, compute_dtype)
+  cfg = ours.pop("cfg")
+  result: dict[str, Any] = {
+      "model": checkpoint, "num_prompts": num_prompts, "num_samples": num_samples,
+      "max_new_tokens": max_new_tokens, "temperature": temperature, "threads": threads,
+      "compute_dtype": compute_dtype,
+      "ours": {k: round(v, 3) if isinstance(v, float) else v for k, v in ours.items()
+               if k != "flops"},
+      "matmul_peak_gflops": round(peak / 1e9, 1),
+      "ours_gflops": round(ours["flops"] / ours["seconds"] / 1e9, 1),
+  }
+  result["ours_fraction_of_peak"] = round(ours["flops"] / ours["seconds"] / peak, 3)
+  if not skip_reference:
+    ref = run_transformers(prompts, num_samples, max_new_tokens, temperature, threads,
+                           cfg.eos_token_ids[0])
+    result["transformers"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ref.items()}
+    result["speedup"] = round(ours["tokens_per_s"] / ref["tokens_per_s"], 2)
+  return result
+
+
+def to_json(result: dict[str, Any]) -> str:
+  return json.dumps(result, indent=2)

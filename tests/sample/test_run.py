@@ -1,0 +1,77 @@
+"""tools/sample.py end to end: samples.jsonl + summary.json; SIGKILL then resume == uninterrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mathjax_sft.sample import run as run_lib
+from mathjax_sft.jsonl_store import JsonlStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cmd(ckpt, out, cache):
+  return [sys.executable, "tools/sample.py", f"--checkpoint={ckpt}", "--dataset=gsm8k",
+          "--num_problems=6", "--num_samples=3", "--max_new_tokens=24", "--problems_per_batch=2",
+          "--slots_per_problem=3", "--temperature=0.7", "--seed=5", f"--output_dir={out}",
+          "--grader_workers=1", f"--compilation_cache={cache}"]
+
+
+def _comparable(summary):
+  return {k: v for k, v in summary.items() if k != "this_run"}
+
+
+def test_kill_and_resume_gives_the_same_summary(smollm2_checkpoint, tmp_path):
+  cache = tmp_path / "xla-cache"
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  full = subprocess.run(_cmd(smollm2_checkpoint, tmp_path / "full", cache), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert full.returncode == 0, full.stderr[-3000:]
+  printed = json.loads(full.stdout[full.stdout.index("{"):])
+  assert printed["num_problems"] == 6 and printed["num_samples"] == 3
+
+  out = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(smollm2_checkpoint, out, cache), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  samples = out / run_lib.SAMPLES_FILE
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if samples.exists() and samples.read_text().count("\n") >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  written = samples.read_text().count("\n")
+  assert 2 <= written < 6
+  with samples.open("a") as f:          # a torn last line, as a crash mid-write leaves
+    f.write('{"id": "gsm8k-test-4", "samp')
+  resumed = subprocess.run(_cmd(smollm2_checkpoint, out, cache), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  a = json.loads((tmp_path / "full" / run_lib.SUMMARY_FILE).read_text())
+  b = json.loads((out / run_lib.SUMMARY_FILE).read_text())
+  assert _comparable(a) == _comparable(b)
+  ids = [r["id"] for r in JsonlStore(samples)]
+  assert sorted(ids) == sorted(f"gsm8k-test-{i}" for i in range(6))   # each once
+  rec = next(iter(JsonlStore(samples)))
+  assert {"id", "prompt", "samples", "gold"} <= set(rec)
+  assert {"text", "answer", "correct", "num_tokens"} <= set(rec["samples"][0])
+  assert len(rec["samples"]) == 3 and "<|im_start|>user" in rec["prompt"]
+
+
+def test_changed_settings_refuse_to_mix_runs(tmp_path):
+  (tmp_path / run_lib.SETTINGS_FILE).write_text(json.dumps({"temperature": 0.2}))
+  with pytest.raises(ValueError, match="holds a run with other settings"):
+    run_lib._check_settings(tmp_path, {"temperature": 0.7})
+
+
+def test_truncate_at_stop():
+  assert run_lib.truncate_at_stop("a\n\nQuestion: b", ("Question:", "\n\n\n")) == "a\n\n"
+  assert run_lib.truncate_at_stop("plain", ()) == "plain"
