@@ -32,7 +32,7 @@ demo: $(MODEL)/config.json
 	  --max_new_tokens=256 --output_dir=runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs

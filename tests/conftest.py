@@ -29,3 +29,10 @@ def smollm2_hf():
   gguf = paths.smollm2_gguf()
   return transformers.AutoModelForCausalLM.from_pretrained(
       str(gguf.parent), gguf_file=gguf.name, dtype="float32").eval()
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory):
+  """A real HF fast tokenizer with one token per byte (tiny vocab for tiny models)."""
+  from tests.train import helpers
+  return helpers.byte_tokenizer_dir(tmp_path_factory.mktemp("byte_tokenizer"))

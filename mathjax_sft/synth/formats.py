@@ -7,8 +7,9 @@ import dataclasses
 import re
 from collections.abc import Callable
 
+from mathjax_sft.eval.answers import last_boxed
+
 _GSM8K_FINAL = re.compile(r"^####\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*$")
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def gsm8k_final_answer(answer: str) -> str | None:
@@ -31,21 +32,6 @@ def check_gsm8k_answer(answer: str) -> str | None:
     return "more than one '####' line"
   if len(lines) < 2:
     return "no reasoning before the final answer"
-  return None
-
-
-def last_boxed(text: str) -> str | None:
-  """Content of the last `\\boxed{...}` (braces balanced), else None."""
-  starts = [m.end() for m in _BOXED.finditer(text)]
-  for start in reversed(starts):
-    depth = 1
-    for i in range(start, len(text)):
-      if text[i] == "{":
-        depth += 1
-      elif text[i] == "}":
-        depth -= 1
-        if depth == 0:
-          return text[start:i]
   return None
 
 

@@ -1,0 +1,141 @@
+"""The paper's phenomenon at small scale: Pass@N / PassRatio@N before SFT and after SFT on
+growing slices of GSM8K train (Xwin-Math Figure 1), plus accuracy by reasoning-step count.
+
+Every stage writes into one folder and is skipped when its output exists, so re-running the
+same command resumes (sampling and training also resume within a stage):
+
+  OUT/base/                     sampling of the starting checkpoint (summary.json, samples.jsonl)
+  OUT/data/gsm8k_train_<K>.jsonl  the first K rows of GSM8K train (derived from $MATHJAX_DATA_DIR)
+  OUT/sft_<K>/                  training run (orbax checkpoints, final/ model checkpoint)
+  OUT/sft_<K>/eval/             sampling of the fine-tuned model
+  OUT/results.json, results.md  the table;  OUT/*.png  the figures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from mathjax_sft import paths
+from mathjax_sft.eval import plots
+from mathjax_sft.sample import run as sample_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+  output_dir: str
+  base_checkpoint: str = "runs/smollm2-135m"
+  train_config: str = "configs/sft_smollm2_135m.py"   # its get_config() is the SFT recipe
+  sizes: tuple[int, ...] = (1000, 3000, 7473)
+  num_epochs: int = 3
+  max_steps: int = 0                                   # > 0 caps every SFT run (smoke runs)
+  eval_dataset: str = "gsm8k"
+  num_problems: int = 100
+  num_samples: int = 64
+  temperature: float = 0.7
+  max_new_tokens: int = 320
+  sample_dtype: str = "bfloat16"
+  problems_per_batch: int = 2
+  slots_per_problem: int = 32
+
+
+def _subset(k: int, out: Path) -> Path:
+  out.parent.mkdir(parents=True, exist_ok=True)
+  if not out.exists():
+    lines = paths.data_file("gsm8k/train.jsonl").read_text().splitlines(keepends=True)
+    if k > len(lines):
+      raise ValueError(f"size {k} exceeds GSM8K train ({len(lines)} rows)")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(lines[:k]))
+    tmp.replace(out)
+  return out
+
+
+def _train_config(path: str):
+  spec = importlib.util.spec_from_file_location("train_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _sample(cfg: ReproduceConfig, checkpoint: str, out_dir: Path, train_cfg) -> dict[str, Any]:
+  summary_path = out_dir / sample_run.SUMMARY_FILE
+  if summary_path.exists():
+    return json.loads(summary_path.read_text())
+  return sample_run.run(sample_run.SampleRunConfig(
+      checkpoint=checkpoint, dataset=cfg.eval_dataset, output_dir=str(out_dir),
+      template=train_cfg.template,                  # sample in the format the model is trained on
+      system_prompt=None if train_cfg.system_prompt == "<default>" else train_cfg.system_prompt,
+      num_samples=cfg.num_samples, num_problems=cfg.num_problems, temperature=cfg.temperature,
+      max_new_tokens=cfg.max_new_tokens, compute_dtype=cfg.sample_dtype,
+      param_dtype=cfg.sample_dtype, problems_per_batch=cfg.problems_per_batch,
+      slots_per_problem=cfg.slots_per_problem))
+
+
+def _row(label: str, size: int, summary: dict, wall: dict) -> dict[str, Any]:
+  return {"model": label, "sft_rows": size, "pass_at_n": summary["pass_at_n"],
+          "pass_ratio_at_n": summary["pass_ratio_at_n"], "pass_at_1": summary["pass_at_k"]["1"],
+          "maj_at_n": summary["maj_at_k"][str(summary["num_samples"])],
+          "num_problems": summary["num_problems"], "num_samples": summary["num_samples"], **wall}
+
+
+def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  n = rows[0]["num_samples"] if rows else "N"
+  lines = [f"| model | SFT rows | Pass@{n} | PassRatio@{n} | pass@1 | maj@{n} |",
+           "|---|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['sft_rows']} | {100 * r['pass_at_n']:.1f}% | "
+                 f"{100 * r['pass_ratio_at_n']:.1f}% | {100 * r['pass_at_1']:.1f}% | "
+                 f"{100 * r['maj_at_n']:.1f}% |")
+  return "\n".join(lines) + "\n"
+
+
+def run(cfg: ReproduceConfig) -> list[dict[str, Any]]:
+  from mathjax_sft.train import loop as train_loop
+  out = Path(cfg.output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  rows, points, labelled = [], [], []
+
+  train_cfg = _train_config(cfg.train_config)
+  tic = time.perf_counter()
+  base = _sample(cfg, cfg.base_checkpoint, out / "base", train_cfg)
+  rows.append(_row("base", 0, base, {"sample_s": round(time.perf_counter() - tic)}))
+  points.append((0, base))
+  labelled.append(("base", base))
+
+  for size in cfg.sizes:
+    run_dir = out / f"sft_{size}"
+    final = run_dir / "final"
+    tic = time.perf_counter()
+    if not (final / "config.json").exists():
+      c = _train_config(cfg.train_config)
+      c.init_checkpoint = cfg.base_checkpoint
+      c.train_files = str(_subset(size, out / "data" / f"gsm8k_train_{size}.jsonl"))
+      c.output_dir = str(run_dir)
+      c.num_epochs = cfg.num_epochs
+      c.max_steps = cfg.max_steps
+      c.export_final = True
+      result = train_loop.train(c)
+      if result.stop_reason == "preempted":
+        raise RuntimeError(f"training of {run_dir} was preempted; re-run to resume")
+    train_s = round(time.perf_counter() - tic)
+    tic = time.perf_counter()
+    summary = _sample(cfg, str(final), run_dir / "eval", train_cfg)
+    rows.append(_row(f"SFT {size}", size, summary,
+                     {"train_s": train_s, "sample_s": round(time.perf_counter() - tic)}))
+    points.append((size, summary))
+    labelled.append((f"SFT {size}", summary))
+
+  plots.plot_data_scaling(points, out / "pass_vs_data.png",
+                          title=f"GSM8K test, first {cfg.num_problems}, N={cfg.num_samples}")
+  plots.plot_accuracy_by_steps(labelled, out / "accuracy_by_steps.png")
+  (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+  (out / "results.md").write_text(table_markdown(rows))
+  return rows

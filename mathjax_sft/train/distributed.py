@@ -1,0 +1,76 @@
+"""Multi-host plumbing: `jax.distributed` start-up, feeding each host's rows, agreeing on flags.
+
+Every host builds the same global batch (the data pipeline is deterministic and cheap next to a
+step) and hands only the rows its own devices hold to
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+
+# Environment variables by which jax.distributed.initialize() can find its cluster by itself.
+_CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+               mode: str = "auto") -> bool:
+  """Starts jax.distributed when asked for or when a cluster is detected. Returns whether it did.
+
+  mode "yes": always (explicit coordinator or jax's auto-detection), "no": never, "auto": when a
+  coordinator address is given or a cluster environment variable is set.
+  """
+  if mode == "no":
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  explicit = bool(coordinator_address)
+  if mode == "auto" and not explicit and not any(v in os.environ for v in _CLUSTER_ENV):
+    return False
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=coordinator_address,
+                  num_processes=num_processes or None,
+                  process_id=None if process_id < 0 else process_id)
+  jax.distributed.initialize(**kwargs)
+  return True
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def local_row_range(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
+  """[lo, hi): the rows (dim 0) of a global array held by this process's devices."""
+  starts, stops = [], []
+  for index in sharding.addressable_devices_indices_map(global_shape).values():
+    rows = index[0]
+    starts.append(rows.start or 0)
+    stops.append(global_shape[0] if rows.stop is None else rows.stop)
+  lo, hi = min(starts), max(stops)
+  return lo, hi
+
+
+def put_global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Global numpy batch (same on every host) -> global jax arrays, each host feeding its rows."""
+  out = {}
+  for key, value in batch.items():
+    if jax.process_count() == 1:
+      out[key] = jax.device_put(value, sharding)
+      continue
+    lo, hi = local_row_range(sharding, value.shape)
+    out[key] = jax.make_array_from_process_local_data(sharding, value[lo:hi], value.shape)
+  return out
+
+
+def any_process(flag: bool) -> bool:
+  """True when `flag` is set on any process (a collective: call it on every process)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())

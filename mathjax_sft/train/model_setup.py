@@ -1,0 +1,49 @@
+"""The model a run starts from: a converted checkpoint dir loaded into its shardings, or a random
+init from a preset; in the layer layout the config asks for (stacked for scan, or a list)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from mathjax_sft.checkpoint import params as params_ckpt
+from mathjax_sft.model import llama
+from mathjax_sft.model.config import ModelConfig, preset
+from mathjax_sft.sharding import rules as sharding_rules
+from mathjax_sft.train import state as state_lib
+
+
+def model_config(c) -> ModelConfig:
+  """The run's ModelConfig (from the checkpoint's config.json or the preset) with dtypes etc."""
+  overrides = dict(param_dtype=c.param_dtype, compute_dtype=c.compute_dtype,
+                   scan_layers=c.scan_layers, remat=c.remat)
+  if c.init_checkpoint:
+    return params_ckpt.load_config(c.init_checkpoint, **overrides)
+  if c.vocab_size:
+    overrides["vocab_size"] = c.vocab_size
+  return preset(c.model_preset, **overrides)
+
+
+def relayout(params: llama.Params, stacked: bool, shardings: Any) -> llama.Params:
+  """Stacked <-> per-layer list, inside one jit so every tensor lands in its sharding."""
+  fn = llama.stack_layers if stacked else llama.unstack_layers
+  if isinstance(params["layers"], dict) == stacked:
+    return params
+  return jax.jit(fn, out_shardings=shardings)(params)
+
+
+def load_model(c, mesh: Mesh, rules=sharding_rules.DEFAULT_RULES) -> tuple[llama.Params, ModelConfig]:
+  """(params in the run's layout and shardings, model config)."""
+  cfg = model_config(c)
+  stacked = cfg.scan_layers
+  shardings = state_lib.param_shardings(cfg, mesh, stacked, rules)
+  if c.init_checkpoint:
+    params, _ = params_ckpt.load_params(c.init_checkpoint, mesh, rules,
+                                        param_dtype=c.param_dtype, compute_dtype=c.compute_dtype,
+                                        scan_layers=c.scan_layers, remat=c.remat)
+    params = relayout(params, stacked, shardings)
+  else:
+    params = llama.init_params(cfg, jax.random.PRNGKey(c.seed), shardings, stacked=stacked)
+  return params, cfg

@@ -1,0 +1,77 @@
+"""Shared test helpers: a tiny byte-level tokenizer, small JSONL files, tiny run configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mathjax_sft import paths
+from mathjax_sft.train.config import default_config
+
+TINY_VOCAB = 320  # 256 bytes + 3 specials, rounded up to divide a tensor axis of 2
+
+
+def byte_tokenizer_dir(out_dir: Path) -> Path:
+  """A real HF fast tokenizer (byte-level BPE without merges: one token per byte) saved to disk."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+
+  alphabet = pre_tokenizers.ByteLevel.alphabet()
+  vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+  for ch in sorted(alphabet):
+    vocab[ch] = len(vocab)
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  fast.save_pretrained(str(out_dir))
+  return out_dir
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return path
+
+
+def arithmetic_rows(n: int) -> list[dict]:
+  rows = []
+  for i in range(n):
+    a, b = i % 17, (3 * i) % 11
+    rows.append({"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+  return rows
+
+
+def gsm8k_slice(path: Path, n: int) -> Path:
+  """The first n rows of the real GSM8K train file (fails with a message if the data is missing)."""
+  src = paths.data_file("gsm8k/train.jsonl")
+  with open(src, encoding="utf-8") as f:
+    lines = [next(f) for _ in range(n)]
+  path.write_text("".join(lines))
+  return path
+
+
+def tiny_config(tokenizer_dir: Path, train_file: Path, output_dir: Path, **overrides):
+  c = default_config()
+  c.model_preset = "tiny"
+  c.vocab_size = TINY_VOCAB
+  c.tokenizer = str(tokenizer_dir)
+  c.train_files = str(train_file)
+  c.output_dir = str(output_dir)
+  c.seq_len = 256
+  c.batch_size = 8
+  c.max_steps = 4
+  c.learning_rate = 1e-3
+  c.warmup_steps = 1
+  c.checkpoint_every_steps = 2
+  c.log_every_steps = 1
+  c.progress_bar = False
+  c.peak_flops_per_device = 1e11   # skip the matmul measurement in tests
+  c.mesh_shape = (1, 1, 1)
+  c.num_devices = 1
+  c.export_final = False
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c

@@ -1,0 +1,62 @@
+"""The run loop in-process: learning on real GSM8K, metrics files, eval, export, NaN stop."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mathjax_sft.checkpoint import params as params_ckpt
+from mathjax_sft.checkpoint.train_state import TrainCheckpointer
+from mathjax_sft.train import metrics as metrics_lib
+from mathjax_sft.train.loop import NonFiniteLossError, train
+from tests.train import helpers
+
+
+def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
+  data = helpers.gsm8k_slice(tmp_path / "gsm8k.jsonl", 96)
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", seq_len=512, batch_size=4,
+                          max_steps=30, learning_rate=3e-3, warmup_steps=3,
+                          checkpoint_every_steps=30, eval_fraction=0.1, eval_every_steps=15,
+                          export_final=True, compute_dtype="bfloat16", scan_layers=False)
+  losses = {}
+  result = train(c, step_callback=lambda s, m: losses.__setitem__(s, m["loss"]))
+  assert result.step == 30 and result.stop_reason == "max_steps"
+  first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (28, 29, 30)])
+  assert first > 5.0 and last < first - 1.5, (first, last)
+  # metrics.jsonl and TensorBoard events exist; eval loss went down too
+  train_log = metrics_lib.read_metrics(tmp_path / "run" / "metrics.jsonl")
+  eval_log = metrics_lib.read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
+  assert sorted(train_log) == list(range(1, 31))
+  assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"} <= set(train_log[30])
+  assert sorted(eval_log) == [15, 30] and eval_log[30]["loss"] < first
+  assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+  data_rec = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")
+              if json.loads(l)["kind"] == "data"][0]
+  assert data_rec["train"]["rows"] == 86 and data_rec["eval"]["rows"] == 10
+  assert data_rec["eval_examples"] == data_rec["eval"]["kept"] > 0
+  assert data_rec["train"]["truncated"] >= 0 and "dropped_long" in data_rec["train"]
+  # the export is a model checkpoint dir holding the trained params
+  params, cfg = params_ckpt.load_params(result.export_dir)
+  assert cfg.vocab_size == helpers.TINY_VOCAB and not cfg.scan_layers
+  with TrainCheckpointer(tmp_path / "run") as ck:
+    assert ck.latest_step() == 30
+  assert result.tokens_per_s > 0 and 0 < result.mfu
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(byte_tokenizer, tmp_path):
+  data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(40))
+  # warmup: step 1 uses lr 0 (a good checkpoint), step 2 an lr that overflows the params
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", max_steps=8, warmup_steps=4,
+                          checkpoint_every_steps=1, learning_rate=1e30, max_grad_norm=0.0)
+  seen = {}
+  with pytest.raises(NonFiniteLossError, match=r"non-finite value at step 2: .*last good checkpoint is step 1"):
+    train(c, step_callback=lambda s, m: seen.__setitem__(s, m))
+  assert sorted(seen) == [1]
+  log = metrics_lib.read_metrics(tmp_path / "run" / "metrics.jsonl")
+  assert sorted(log) == [1] and math.isfinite(log[1]["loss"])
+  with TrainCheckpointer(tmp_path / "run") as ck:
+    assert ck.all_steps() == [1]
+  # the run resumes from the good checkpoint (and fails again at step 2 with this learning rate)
+  with pytest.raises(NonFiniteLossError, match="at step 2"):
+    train(c)

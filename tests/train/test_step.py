@@ -1,0 +1,114 @@
+"""The train step: masked loss, sharded == single device, accumulation == one big batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathjax_sft.model import llama
+from mathjax_sft.model.config import preset
+from mathjax_sft.sharding.mesh import make_mesh
+from mathjax_sft.train import optimizer, state as state_lib, step as step_lib
+
+CFG = preset("tiny")
+
+
+def _batch(b=8, t=32, seed=0):
+  """Two packed segments per row; the first half of each segment is 'prompt' (mask 0)."""
+  rng = np.random.default_rng(seed)
+  seg = np.zeros((b, t), np.int32)
+  pos = np.zeros((b, t), np.int32)
+  mask = np.zeros((b, t), np.int32)
+  for r in range(b):
+    cut, end = int(rng.integers(8, 16)), int(rng.integers(24, t + 1))
+    seg[r, :cut], seg[r, cut:end] = 1, 2
+    pos[r, :cut], pos[r, cut:end] = np.arange(cut), np.arange(end - cut)
+    mask[r, cut // 2:cut] = 1
+    mask[r, cut + (end - cut) // 2:end] = 1
+  ids = rng.integers(3, CFG.vocab_size, (b, t + 1)).astype(np.int32) * (np.pad(seg, ((0, 0), (0, 1))) > 0)
+  return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": mask,
+          "segment_ids": seg, "positions": pos}
+
+
+def test_prompt_tokens_contribute_nothing():
+  params = llama.init_params(CFG, jax.random.PRNGKey(0))
+  batch = _batch()
+  loss_fn = jax.jit(lambda p, b: step_lib.loss_sums(p, CFG, b))
+  loss_sum, n = loss_fn(params, batch)
+  # the same number by hand from the logits
+  logits, _ = jax.jit(lambda p, b: llama.forward(p, CFG, b["inputs"], b["positions"],
+                                                 segment_ids=b["segment_ids"]))(params, batch)
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  nll = -np.take_along_axis(np.asarray(logp), batch["targets"][..., None], -1)[..., 0]
+  assert float(n) == batch["loss_mask"].sum()
+  np.testing.assert_allclose(float(loss_sum), (nll * batch["loss_mask"]).sum(), rtol=1e-5)
+  # changing every masked-out target (prompt and padding) changes neither loss nor gradients
+  other = dict(batch)
+  other["targets"] = np.where(batch["loss_mask"] == 1, batch["targets"], (batch["targets"] + 7) % 200)
+  grad = jax.jit(jax.grad(lambda p, b: step_lib.loss_sums(p, CFG, b)[0]))
+  g1, g2 = grad(params, batch), grad(params, other)
+  assert float(loss_fn(params, other)[0]) == float(loss_sum)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), g1, g2)
+  # while changing a response target does change the loss
+  flipped = dict(batch)
+  r, t = np.argwhere(batch["loss_mask"] == 1)[0]
+  flipped["targets"] = batch["targets"].copy()
+  flipped["targets"][r, t] = (batch["targets"][r, t] + 1) % CFG.vocab_size
+  assert float(loss_fn(params, flipped)[0]) != float(loss_sum)
+
+
+def _run_step(mesh, batch, accum=1, stacked=True):
+  cfg = CFG.replace(scan_layers=stacked)
+  # Adam's first update is g / (|g| + eps): with eps=1e-8 a gradient entry near 1e-8 turns
+  # float-summation-order noise into an lr-sized difference; eps=1e-6 keeps the comparison about
+  # the sharding, not about that amplification.
+  ocfg = optimizer.OptimizerConfig(learning_rate=1e-3, max_steps=10, warmup_steps=0,
+                                   weight_decay=0.1, eps=1e-6)
+  tx = optimizer.make_optimizer(ocfg)
+  p_shard = state_lib.param_shardings(cfg, mesh, stacked)
+  params = llama.init_params(cfg, jax.random.PRNGKey(1), p_shard, stacked=stacked)
+  s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
+  st = state_lib.create_state(params, tx, s_shard)
+  b_shard = step_lib.batch_sharding(mesh, *batch["inputs"].shape)
+  fn = step_lib.make_train_step(cfg, tx, optimizer.schedule(ocfg), s_shard, b_shard, accum)
+  st, m = fn(st, {k: jax.device_put(v, b_shard) for k, v in batch.items()})
+  return st, jax.device_get(m)
+
+
+def test_sharded_step_matches_one_device():
+  assert jax.device_count() == 8
+  batch = _batch()
+  one, m1 = _run_step(make_mesh((1, 1, 1), jax.devices()[:1]), batch)
+  mesh = make_mesh((2, 2, 2))
+  eight, m8 = _run_step(mesh, batch)
+  wq = eight.params["layers"]["wq"]
+  assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert len({d for s in wq.addressable_shards for d in [s.device]}) == 8
+  mu = eight.opt_state[1][0].mu["layers"]["wq"]          # chain(clip, adamw)[adam] state
+  assert mu.sharding.spec == wq.sharding.spec
+  np.testing.assert_allclose(m8["loss"], m1["loss"], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               one.params, eight.params)
+  assert int(eight.step) == 1
+
+
+def test_grad_accumulation_equals_one_big_batch():
+  batch = _batch(b=8)
+  mesh = make_mesh((2, 1, 1), jax.devices()[:2])   # microbatches stay split over the batch shards
+  big, m_big = _run_step(mesh, batch, accum=1, stacked=False)
+  acc, m_acc = _run_step(mesh, batch, accum=4, stacked=False)
+  np.testing.assert_allclose(m_acc["loss"], m_big["loss"], rtol=1e-5)
+  assert m_acc["loss_tokens"] == m_big["loss_tokens"] == batch["loss_mask"].sum()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               big.params, acc.params)
+
+
+def test_schedule_warmup_then_cosine():
+  lr = optimizer.schedule(optimizer.OptimizerConfig(learning_rate=1.0, max_steps=12,
+                                                    warmup_steps=2, min_lr_ratio=0.1))
+  got = [float(lr(c)) for c in range(13)]
+  assert got[:3] == pytest.approx([0.0, 0.5, 1.0])
+  assert got[7] == pytest.approx(0.1 + 0.9 * 0.5)     # halfway through the decay
+  assert got[12] == pytest.approx(0.1)
+  assert all(a >= b for a, b in zip(got[2:], got[3:]))
