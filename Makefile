@@ -29,7 +29,7 @@ convert: $(MODEL)/config.json
 demo: $(MODEL)/config.json
 	$(BIN)/python tools/sample.py --checkpoint=$(MODEL) --dataset=gsm8k \
 	  --num_problems=$(DEMO_PROBLEMS) --num_samples=$(DEMO_SAMPLES) --temperature=0.7 \
-	  --max_new_tokens=256 --output_dir=runs/demo
+	  --max_new_tokens=256 --output_dir=runs/demo-gsm8k-$(DEMO_PROBLEMS)x$(DEMO_SAMPLES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 tests
