@@ -67,6 +67,18 @@ def repair_tail(path: Path) -> int:
   return removed
 
 
+def read_complete(path: Path) -> Iterator[dict[str, Any]]:
+  """The records of a store another process may be appending to, read-only: an unterminated last
+  line (a write in progress, or a torn one its owner will repair) is left out, not truncated."""
+  path = Path(path)
+  if not path.exists():
+    return
+  with open(path, "rb") as f:
+    for line_no, line in enumerate(f, start=1):
+      if line.endswith(b"\n"):
+        yield JsonlStore.parse_line(path, line, line_no)
+
+
 class JsonlStore:
   """An append-only JSONL file of dict records."""
 
@@ -94,12 +106,16 @@ class JsonlStore:
         offset += len(line)
 
   def _parse(self, line: bytes, line_no: int | str) -> dict[str, Any]:
+    return self.parse_line(self.path, line, line_no)
+
+  @staticmethod
+  def parse_line(path: Path, line: bytes, line_no: int | str) -> dict[str, Any]:
     try:
       record = json.loads(line)
     except ValueError as e:
-      raise StoreError(f"{self.path}:{line_no}: invalid JSON inside the file ({e})") from None
+      raise StoreError(f"{path}:{line_no}: invalid JSON inside the file ({e})") from None
     if not isinstance(record, dict):
-      raise StoreError(f"{self.path}:{line_no}: not a JSON object")
+      raise StoreError(f"{path}:{line_no}: not a JSON object")
     return record
 
   def read_at(self, offset: int) -> dict[str, Any]:

@@ -6,6 +6,11 @@
 Writes <output_dir>/samples.jsonl (one graded line per problem), summary.json (Pass@N,
 PassRatio@N, pass@k and maj@k for every k, breakdowns, settings, tokens/s) and settings.json.
 Re-running the same command after a crash continues where it stopped.
+
+Multi-host: start the same command on every host (with --coordinator_address, --num_processes
+and --process_id, or let jax find a TPU/SLURM cluster by itself). Problems are split over the
+processes in batches; each decodes on its own devices and writes its own samples file into the
+shared --output_dir; process 0 writes summary.json.
 """
 
 import json
@@ -13,6 +18,7 @@ import logging
 
 from absl import app, flags
 
+from mathjax_sft import distributed
 from mathjax_sft.sample import run as run_lib
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -47,11 +53,18 @@ _WORKERS = flags.DEFINE_integer("grader_workers", 2, "math-verify worker process
 _GRADE_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer.")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache dir "
                              "(default ~/.cache/mathjax_sft/jax or $MATHJAX_COMPILATION_CACHE).")
+_COORD = flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0's "
+                             "coordinator (empty: auto-detected on TPU/SLURM, else one process).")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes (0 = detect).")
+_PID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index (-1 = detect).")
+_DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"], "Start jax.distributed: "
+                          "auto = when --coordinator_address or a cluster is found.")
 
 
 def main(argv):
   del argv
   logging.getLogger("mathjax_sft").setLevel(logging.INFO)
+  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
   run_lib.enable_compilation_cache(_CACHE.value)
   cfg = run_lib.SampleRunConfig(
       checkpoint=_CHECKPOINT.value, dataset=_DATASET.value, output_dir=_OUTPUT_DIR.value,
@@ -64,6 +77,8 @@ def main(argv):
       mesh_shape=tuple(int(x) for x in _MESH.value) if _MESH.value else None,
       grader_workers=_WORKERS.value, grade_timeout_s=_GRADE_TIMEOUT.value)
   summary = run_lib.run(cfg)
+  if not distributed.is_main_process():
+    return
   n = summary["num_samples"]
   brief = {k: summary[k] for k in ("num_problems", "num_samples", "pass_at_n", "pass_ratio_at_n",
                                    "no_answer_rate")}

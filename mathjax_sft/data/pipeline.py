@@ -6,7 +6,7 @@ weights are given, then packed (first-fit into `seq_len` rows, several examples 
 with its own segment id and positions from 0) or padded one example per row, then batched.
 
 Every host runs the same pipeline and gets the same global batch; each feeds only its own rows to
-the devices (see `mathjax_sft.train.distributed`). The iterator state (`get_state`, a small JSON
+the devices (see `mathjax_sft.distributed`). The iterator state (`get_state`, a small JSON
 dict) is saved in every checkpoint and restored with `set_state`, so a resumed run sees exactly
 the batches an uninterrupted run would.
 

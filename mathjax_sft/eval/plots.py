@@ -28,7 +28,7 @@ def _as_labelled(summaries: Summary | Labelled) -> list[tuple[str, Summary]]:
   return [(str(label), s) for label, s in summaries]
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
@@ -65,7 +65,7 @@ def plot_pass_at_k(summaries: Summary | Labelled, path: str | Path, title: str =
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(loc="lower right", fontsize="small")
   ax.set_title(title or "pass@k (unbiased estimator) and maj@k (first k samples)")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_correct_histogram(summary: Summary, path: str | Path, title: str = "") -> Path:
@@ -81,7 +81,7 @@ def plot_correct_histogram(summary: Summary, path: str | Path, title: str = "") 
   ax.set_ylabel("problems")
   ax.set_title(title or f"Pass@N {100 * summary['pass_at_n']:.1f}%, "
                f"PassRatio@N {100 * summary['pass_ratio_at_n']:.1f}%")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_data_scaling(points: Sequence[tuple[str | float, Summary]], path: str | Path,
@@ -118,7 +118,7 @@ def plot_data_scaling(points: Sequence[tuple[str | float, Summary]], path: str |
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower right")
   ax.set_title(title or "Pass@N and PassRatio@N vs SFT data size")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_accuracy_by_steps(summaries: Summary | Labelled, path: str | Path, key: str = "steps",
@@ -146,7 +146,7 @@ def plot_accuracy_by_steps(summaries: Summary | Labelled, path: str | Path, key:
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower left", fontsize="small")
   ax.set_title(title or "accuracy vs reference CoT length")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_summary(summary: Summary, output_dir: str | Path) -> list[Path]:

@@ -9,6 +9,10 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
+# What a rematerialised block keeps from its forward pass (see llama.REMAT_POLICIES):
+# "full" nothing (least memory), "dots" the outputs of the weight matmuls (attention scores and
+# elementwise ops are recomputed: most of the memory saving for a fraction of the recompute).
+REMAT_POLICIES = ("full", "dots")
 HF_ARCHITECTURE = "LlamaForCausalLM"
 
 
@@ -35,6 +39,7 @@ class ModelConfig:
   compute_dtype: str = "float32"
   scan_layers: bool = False   # lax.scan over layers (compile time of 70B on TPU) vs unrolled loop
   remat: bool = False         # rematerialise each block in the backward pass
+  remat_policy: str = "full"  # with remat: one of REMAT_POLICIES
 
   def __post_init__(self):
     positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -49,6 +54,8 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     if self.rope_theta <= 0:
       raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
     if self.rope_scaling is not None:

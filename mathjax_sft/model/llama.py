@@ -319,6 +319,16 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
   return x, new_cache
 
 
+REMAT_POLICIES = {
+    "full": None,                                                    # save nothing
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # save weight-matmul outputs
+}
+
+
+def _remat(fn, cfg: ModelConfig, **kwargs):
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[cfg.remat_policy], **kwargs)
+
+
 def _self_mask(segment_ids: jax.Array) -> jax.Array:
   """[b, t, t] causal mask within packed segments; segment 0 is padding."""
   t = segment_ids.shape[1]
@@ -383,7 +393,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     for i, lp in enumerate(layers):
       ckv = None if cache is None else (cache.k[i], cache.v[i])
       pkv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
-      block = jax.checkpoint(_block, static_argnums=(8,)) if cfg.remat else _block
+      block = _remat(_block, cfg, static_argnums=(8,)) if cfg.remat else _block
       x, upd = block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
       if upd is not None:
         new_k.append(upd[0])
@@ -397,7 +407,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
       x, upd = _block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
       return x, (None, None) if upd is None else upd
     if cfg.remat:
-      body = jax.checkpoint(body)
+      body = _remat(body, cfg)
     xs = (layers,
           None if cache is None else cache.k, None if cache is None else cache.v,
           None if prefix is None else prefix.k, None if prefix is None else prefix.v)

@@ -3,6 +3,13 @@
 Resumable: `samples.jsonl` gets one line per finished problem (append-only, fsynced); a re-run
 with the same settings skips problems already written. Problems are batched in a fixed order, so
 a batch recomputed after a crash holds the same problems as before and gives the same samples.
+
+Multi-host (after `jax.distributed.initialize`): data parallel over problems. Batch k of P
+problems belongs to process k % process_count, which decodes it on its own devices (a mesh over
+`jax.local_devices()`; no collectives in the decode loop) and appends to its own
+`samples.<i>-of-<n>.jsonl` in the shared output directory. After a barrier, process 0 reads every
+samples file and writes `summary.json`. A resume reads all samples files, so it may use another
+number of processes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mathjax_sft.checkpoint import params as ckpt
@@ -25,7 +34,7 @@ from mathjax_sft.eval.grade import Grader
 from mathjax_sft.sample.engine import Engine, EngineConfig
 from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.sharding import mesh as mesh_lib
-from mathjax_sft.jsonl_store import JsonlStore
+from mathjax_sft.jsonl_store import JsonlStore, read_complete
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +104,25 @@ def _check_settings(out_dir: Path, settings: dict) -> None:
     if diff:
       raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use a new "
                        "--output_dir or delete it")
-  else:
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+  else:   # atomic: several processes may write the same file at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def samples_file(process_index: int, process_count: int) -> str:
+  """This process's samples file (one writer per file)."""
+  if process_count == 1:
+    return SAMPLES_FILE
+  return f"samples.{process_index:05d}-of-{process_count:05d}.jsonl"
+
+
+def read_records(out_dir: Path) -> dict[str, dict]:
+  """Every finished problem in `out_dir`, from all samples files (any process count)."""
+  records = {}
+  for path in sorted(out_dir.glob("samples*.jsonl")):
+    records.update((r["id"], r) for r in read_complete(path))
+  return records
 
 
 def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -115,7 +141,9 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   add_special = templates.ADD_SPECIAL_TOKENS[cfg.template]
   prompt_ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in prompt_texts]
 
-  mesh = mesh_lib.make_mesh(cfg.mesh_shape) if cfg.mesh_shape else None
+  rank, world = jax.process_index(), jax.process_count()
+  mesh = (mesh_lib.make_mesh(cfg.mesh_shape, devices=jax.local_devices()) if cfg.mesh_shape
+          else None)
   overrides = {"compute_dtype": cfg.compute_dtype}
   if cfg.param_dtype:
     overrides["param_dtype"] = cfg.param_dtype
@@ -127,13 +155,16 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
       slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
 
-  store = JsonlStore(out_dir / SAMPLES_FILE)
-  done = {r["id"] for r in store}
-  bar = tqdm(total=len(problems), initial=len([p for p in problems if p.id in done]),
-             desc="problems", unit="problem", disable=not show_progress)
+  done = set(read_records(out_dir))
+  store = JsonlStore(out_dir / samples_file(rank, world))
   P = cfg.problems_per_batch
+  mine = [b0 for b0 in range(0, len(problems), P) if (b0 // P) % world == rank]
+  bar = tqdm(total=sum(len(problems[b0:b0 + P]) for b0 in mine),
+             initial=sum(p.id in done for b0 in mine for p in problems[b0:b0 + P]),
+             desc="problems" if world == 1 else f"problems (process {rank})", unit="problem",
+             disable=not show_progress)
   with Grader(num_workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s) as grader:
-    for b0 in range(0, len(problems), P):
+    for b0 in mine:
       batch = problems[b0:b0 + P]
       if all(p.id in done for p in batch):
         continue
@@ -157,17 +188,29 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   bar.close()
   store.close()
 
-  by_id = {r["id"]: r for r in JsonlStore(out_dir / SAMPLES_FILE)}
+  tokens = np.array([engine.new_tokens], np.int32)
+  seconds = np.array([engine.decode_seconds], np.float32)
+  if world > 1:      # every process's tokens and seconds; also a barrier: all files are complete
+    tokens = np.asarray(multihost_utils.process_allgather(tokens)).reshape(world)
+    seconds = np.asarray(multihost_utils.process_allgather(seconds)).reshape(world)
+  by_id = read_records(out_dir)
+  missing = [p.id for p in problems if p.id not in by_id]
+  if missing:
+    raise RuntimeError(f"{len(missing)} problems have no samples in {out_dir} (first: "
+                       f"{missing[0]}); is the output directory shared by every host?")
   ordered = [by_id[p.id] for p in problems]
   summary = metrics.summarize(ordered)
   summary["settings"] = settings
   summary["model"] = {"checkpoint": settings["checkpoint"], "params": model_cfg.num_params()}
+  per_process = [float(t) / float(s) if s else 0.0 for t, s in zip(tokens, seconds)]
   summary["this_run"] = {   # speed of this invocation (not part of the result)
       "wall_s": round(time.perf_counter() - start, 2),
-      "new_tokens": engine.new_tokens,
-      "decode_s": round(engine.decode_seconds, 2),
-      "tokens_per_s": round(engine.new_tokens / engine.decode_seconds, 1) if engine.decode_seconds else None,
+      "processes": world,
+      "new_tokens": int(tokens.sum()),
+      "decode_s": round(float(seconds.max()), 2),
+      "tokens_per_s": round(sum(per_process), 1) if seconds.any() else None,   # all processes
       "compiled_programs": sorted(map(str, engine.compiled_shapes)),
   }
-  (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+  if rank == 0:
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
   return summary

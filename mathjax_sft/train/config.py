@@ -26,7 +26,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.param_dtype = "float32"     # master weights (and optimizer state)
   c.compute_dtype = "float32"   # "bfloat16": bf16 matmuls with f32 accumulation
   c.scan_layers = True          # lax.scan over layers (compile time) vs unrolled loop
-  c.remat = False               # rematerialise each layer in the backward pass
+  c.remat = False               # rematerialise each layer in the backward pass. On XLA:CPU this
+                                # saves memory only with scan_layers (its scheduler runs an
+                                # unrolled model's recomputation early); TPU/GPU either way.
+  c.remat_policy = "full"       # with remat: "full" (save nothing) | "dots" (save matmul outputs)
   # ---- data ----
   c.train_files = ""            # comma-separated: path[@weight], data:REL[@w], tfds:NAME[:SPLIT]
   c.prompt_fields = ",".join(sources.DEFAULT_PROMPT_FIELDS)

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mathjax_sft import distributed
 from mathjax_sft.checkpoint import params as params_ckpt
 from mathjax_sft.checkpoint.train_state import TrainCheckpointer
 from mathjax_sft.data import pipeline
@@ -29,7 +30,7 @@ from mathjax_sft.data.tokenize import load_tokenizer
 from mathjax_sft.model import llama
 from mathjax_sft.sharding.mesh import make_mesh
 from mathjax_sft.train import config as config_lib
-from mathjax_sft.train import distributed, metrics as metrics_lib, model_setup
+from mathjax_sft.train import metrics as metrics_lib, model_setup
 from mathjax_sft.train import optimizer as optimizer_lib
 from mathjax_sft.train import state as state_lib
 from mathjax_sft.train import step as step_lib

@@ -15,10 +15,15 @@ from mathjax_sft.sharding import rules as sharding_rules
 from mathjax_sft.train import state as state_lib
 
 
+def _overrides(c) -> dict:
+  """The run's settings that replace the checkpoint's (dtypes, layer layout, remat)."""
+  return dict(param_dtype=c.param_dtype, compute_dtype=c.compute_dtype,
+              scan_layers=c.scan_layers, remat=c.remat, remat_policy=c.remat_policy)
+
+
 def model_config(c) -> ModelConfig:
   """The run's ModelConfig (from the checkpoint's config.json or the preset) with dtypes etc."""
-  overrides = dict(param_dtype=c.param_dtype, compute_dtype=c.compute_dtype,
-                   scan_layers=c.scan_layers, remat=c.remat)
+  overrides = _overrides(c)
   if c.init_checkpoint:
     return params_ckpt.load_config(c.init_checkpoint, **overrides)
   if c.vocab_size:
@@ -40,9 +45,7 @@ def load_model(c, mesh: Mesh, rules=sharding_rules.DEFAULT_RULES) -> tuple[llama
   stacked = cfg.scan_layers
   shardings = state_lib.param_shardings(cfg, mesh, stacked, rules)
   if c.init_checkpoint:
-    params, _ = params_ckpt.load_params(c.init_checkpoint, mesh, rules,
-                                        param_dtype=c.param_dtype, compute_dtype=c.compute_dtype,
-                                        scan_layers=c.scan_layers, remat=c.remat)
+    params, _ = params_ckpt.load_params(c.init_checkpoint, mesh, rules, **_overrides(c))
     params = relayout(params, stacked, shardings)
   else:
     params = llama.init_params(cfg, jax.random.PRNGKey(c.seed), shardings, stacked=stacked)

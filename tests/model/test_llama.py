@@ -142,12 +142,16 @@ def test_bf16_compute_close_to_f32_and_scan_remat_equal():
   bf, _ = llama.forward(params, cfg.replace(compute_dtype="bfloat16"), tokens)
   assert bf.dtype == jnp.float32
   assert np.abs(np.asarray(bf) - np.asarray(ref)).max() < 0.05
-  remat_cfg = cfg.replace(remat=True, scan_layers=True)
   loss = lambda p, c: llama.forward(p, c, tokens)[0].mean()
   g1 = jax.grad(loss)(params, cfg)
-  g2 = jax.grad(loss)(params, remat_cfg)
-  for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(x, y, atol=1e-6)
+  for policy in ("full", "dots"):
+    remat_cfg = cfg.replace(remat=True, remat_policy=policy)
+    for g2 in (jax.grad(loss)(params, remat_cfg),                                  # scanned
+               llama.stack_layers(jax.grad(loss)(llama.unstack_layers(params), remat_cfg))):
+      for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+  with pytest.raises(ValueError, match="remat_policy"):
+    cfg.replace(remat_policy="most")
 
 
 def test_config_validation_and_hf_round_trip():
