@@ -22,6 +22,7 @@ def get_config():
   c.train_files = ("data:gsm8k/train.jsonl,data:math/train.jsonl,"
                    "runs/synth_gsm8k/rows.jsonl,runs/synth_math/rows.jsonl")
   c.output_dir = "runs/sft_llama2_7b"
+  c.export_hf = True                # final_hf/: safetensors for transformers / vLLM evaluation
   c.template = "alpaca"
   c.seq_len = 2048
   c.batch_size = 256

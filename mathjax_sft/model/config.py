@@ -40,6 +40,9 @@ class ModelConfig:
   scan_layers: bool = False   # lax.scan over layers (compile time of 70B on TPU) vs unrolled loop
   remat: bool = False         # rematerialise each block in the backward pass
   remat_policy: str = "full"  # with remat: one of REMAT_POLICIES
+  # Full-sequence (training) attention in blocks of this many queries, each block reading only
+  # the keys up to its end: the causal upper triangle is never computed (0 = one block).
+  attention_chunk: int = 128
 
   def __post_init__(self):
     positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -54,6 +57,8 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+    if self.attention_chunk < 0:
+      raise ValueError(f"attention_chunk must be >= 0, got {self.attention_chunk}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     if self.rope_theta <= 0:

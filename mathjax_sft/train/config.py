@@ -75,6 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.export_final = True         # write output_dir/final as a model checkpoint dir (for export)
+  c.export_hf = False           # with export_final: also output_dir/final_hf, an HF directory
+                                # (safetensors) that transformers / vLLM load (one process only;
+                                # a multi-host run logs the tools/convert_flax_to_hf.py command)
+  c.export_hf_shard_gib = 5.0   # safetensors shard size of that export
   c.log_every_steps = 10
   c.peak_flops_per_device = 0.0  # MFU denominator; 0 = measure a matmul peak at start
   c.progress_bar = True
@@ -121,3 +125,5 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.num_devices >= 0, "num_devices must be >= 0")
   _check(c.distributed in ("auto", "yes", "no"), "distributed must be auto | yes | no")
   _check(c.peak_flops_per_device >= 0, "peak_flops_per_device must be >= 0")
+  _check(c.export_hf_shard_gib > 0, "export_hf_shard_gib must be positive")
+  _check(c.export_final or not c.export_hf, "export_hf needs export_final")

@@ -37,6 +37,7 @@ from mathjax_sft.train import step as step_lib
 
 log = logging.getLogger(__name__)
 FINAL_SUBDIR = "final"
+HF_SUBDIR = "final_hf"
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -55,6 +56,7 @@ class TrainResult:
   peak_memory_bytes: int | None
   checkpoint_step: int | None
   export_dir: str | None
+  hf_dir: str | None               # HF-format export (export_hf)
   data_summary: dict[str, Any]
 
 
@@ -275,16 +277,19 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   if progress is not None:
     progress.close()
 
-  export_dir = None
+  export_dir = hf_dir = None
   if c.export_final and stop_reason != "preempted" and step > start_step:
     export_dir = str(export_params(out_dir / FINAL_SUBDIR, state.params, cfg, tokenizer))
+    if c.export_hf:
+      hf_dir = export_hf(export_dir, out_dir / HF_SUBDIR, c.export_hf_shard_gib, c.progress_bar)
   ckpt.close()
   tokens_per_s = tokens_per_step * timing["steps"] / timing["time"] if timing["time"] else 0.0
   result = TrainResult(
       step=step, stop_reason=stop_reason, last_metrics=last, tokens_per_s=tokens_per_s,
       mfu=metrics_lib.mfu(flops_per_token, tokens_per_s, peak, mesh.size),
       peak_flops_per_device=peak, peak_memory_bytes=metrics_lib.peak_memory_bytes(),
-      checkpoint_step=saved_step, export_dir=export_dir, data_summary=data.summary())
+      checkpoint_step=saved_step, export_dir=export_dir, hf_dir=hf_dir,
+      data_summary=data.summary())
   writer.record("result", {k: v for k, v in dataclasses.asdict(result).items()
                            if k != "data_summary"}, step)
   writer.close()
@@ -314,3 +319,21 @@ def export_params(out_dir: Path, params: llama.Params, cfg, tokenizer) -> Path:
   if distributed.is_main_process():
     tokenizer.save_pretrained(str(out_dir))
   return out_dir
+
+
+def export_hf(checkpoint_dir: str, hf_dir: Path, shard_gib: float, progress: bool) -> str | None:
+  """The final checkpoint as an HF directory, through the converter (tools/convert_flax_to_hf.py).
+
+  Reading a checkpoint back is a collective in orbax, so a multi-process run leaves this to a
+  one-process command, which it logs."""
+  if jax.process_count() > 1:
+    if distributed.is_main_process():
+      log.warning("export_hf: skipped in a %d-process run; on one host run\n  python "
+                  "tools/convert_flax_to_hf.py --checkpoint=%s --output_dir=%s",
+                  jax.process_count(), checkpoint_dir, hf_dir)
+    return None
+  from mathjax_sft.convert import api as convert_api  # pylint: disable=import-outside-toplevel
+  info = convert_api.export_checkpoint(checkpoint_dir, hf_dir, int(shard_gib * 2**30),
+                                       show_progress=progress)
+  log.info("exported %s to HF format in %s (%.1f s)", checkpoint_dir, hf_dir, info["seconds"])
+  return str(hf_dir)

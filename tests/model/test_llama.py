@@ -178,3 +178,24 @@ def test_fused_layout_gives_the_same_logits():
   for p in (llama.fuse_layers(params), llama.fuse_layers(llama.unstack_layers(params))):
     got, _ = llama.forward(p, cfg, tokens)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_chunked_causal_attention_equals_one_block():
+  """Query blocks that skip the causal upper triangle give the full attention's logits and grads,
+  with packed segments and padding, for a chunk that does not divide the length."""
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(8))
+  rng = np.random.RandomState(2)
+  tokens = rng.randint(0, 256, (2, 23))
+  seg = np.array([[1] * 9 + [2] * 10 + [0] * 4, [1] * 23])
+  pos = np.array([list(range(9)) + list(range(10)) + [0] * 4, list(range(23))])
+  loss = lambda p, c: (llama.forward(p, c, tokens, pos, segment_ids=seg)[0][:, :19] ** 2).mean()
+  whole = cfg.replace(attention_chunk=0)
+  ref, g_ref = jax.value_and_grad(loss)(params, whole)
+  for chunk in (5, 8):
+    got, g = jax.value_and_grad(loss)(params, cfg.replace(attention_chunk=chunk))
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+      np.testing.assert_allclose(x, y, atol=1e-6)
+  with pytest.raises(ValueError, match="attention_chunk"):
+    cfg.replace(attention_chunk=-1)

@@ -8,6 +8,7 @@ import pytest
 
 from mathjax_sft.checkpoint import params as params_ckpt
 from mathjax_sft.checkpoint.train_state import TrainCheckpointer
+from mathjax_sft.model import llama
 from mathjax_sft.train import metrics as metrics_lib
 from mathjax_sft.train.loop import NonFiniteLossError, train
 from tests.train import helpers
@@ -18,7 +19,8 @@ def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", seq_len=512, batch_size=4,
                           max_steps=30, learning_rate=3e-3, warmup_steps=3,
                           checkpoint_every_steps=30, eval_fraction=0.1, eval_every_steps=15,
-                          export_final=True, compute_dtype="bfloat16", scan_layers=False)
+                          export_final=True, export_hf=True, compute_dtype="bfloat16",
+                          scan_layers=False)
   losses = {}
   result = train(c, step_callback=lambda s, m: losses.__setitem__(s, m["loss"]))
   assert result.step == 30 and result.stop_reason == "max_steps"
@@ -42,6 +44,15 @@ def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
   with TrainCheckpointer(tmp_path / "run") as ck:
     assert ck.latest_step() == 30
   assert result.tokens_per_s > 0 and 0 < result.mfu
+  # ... and the HF export (through the converter) loads in transformers with the same logits
+  import torch
+  import transformers
+  hf = transformers.AutoModelForCausalLM.from_pretrained(result.hf_dir, dtype=torch.float32)
+  tokens = np.arange(3, 40, dtype=np.int32)[None]
+  ours, _ = llama.forward(params, cfg.replace(compute_dtype="float32"), tokens)
+  with torch.no_grad():
+    theirs = hf(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(byte_tokenizer, tmp_path):
