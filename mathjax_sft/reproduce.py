@@ -135,7 +135,8 @@ def run(cfg: ReproduceConfig) -> list[dict[str, Any]]:
 
   plots.plot_data_scaling(points, out / "pass_vs_data.png",
                           title=f"GSM8K test, first {cfg.num_problems}, N={cfg.num_samples}")
-  plots.plot_accuracy_by_steps(labelled, out / "accuracy_by_steps.png")
+  plots.plot_accuracy_by_steps(labelled, out / "accuracy_by_steps.png",   # >= 2 problems a point
+                               min_problems=max(2, min(5, cfg.num_problems // 10)))
   (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
   (out / "results.md").write_text(table_markdown(rows))
   return rows

@@ -47,8 +47,9 @@ _SPC = flags.DEFINE_integer("slots_per_problem", 64, "Decode rows per problem; a
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Matmul dtype.")
 _PDTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"],
                             "Cast weights to this dtype when loading (default: as stored).")
-_MESH = flags.DEFINE_list("mesh_shape", [], "data,fsdp,tensor mesh sizes (-1 = the rest); empty "
-                          "= one device. Problems are split over data x fsdp.")
+_MESH = flags.DEFINE_list("mesh_shape", [], "data,fsdp,tensor mesh sizes (-1 = the rest) over "
+                          "this process's devices; empty = one device. Problems are split over "
+                          "data x fsdp.")
 _WORKERS = flags.DEFINE_integer("grader_workers", 2, "math-verify worker processes.")
 _GRADE_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer.")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache dir "
