@@ -47,9 +47,12 @@ class EngineConfig:
   stop_token_ids: tuple[int, ...] = ()        # besides the model's EOS ids
   stop_sequences: tuple[tuple[int, ...], ...] = ()   # token-id sequences that end a sample
   max_prompt_len: int | None = None
+  cache_read_buckets: int = 4       # attention reads the written part of the ring, rounded up
+                                    # to one of this many sizes (1: always every slot)
 
   def __post_init__(self):
-    for name in ("max_new_tokens", "problems_per_batch", "slots_per_problem"):
+    for name in ("max_new_tokens", "problems_per_batch", "slots_per_problem",
+                 "cache_read_buckets"):
       if getattr(self, name) <= 0:
         raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
 
@@ -187,7 +190,8 @@ class Engine:
     def body(st):
       n, active = st["n"], st["active"]
       logits, cache = llama.forward(params, cfg, st["tok"][:, None], (row_len + n - 1)[:, None],
-                                    cache=st["cache"], prefix=prefix)
+                                    cache=st["cache"], prefix=prefix,
+                                    cache_read_buckets=ecfg.cache_read_buckets)
       gidx = row_problem * N + jnp.clip(st["j"], 0, N - 1)
       u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(flat_keys[gidx], n)
       nxt = sample_tokens(logits[:, 0], u, temperature, top_p, top_k, filtered)

@@ -199,3 +199,31 @@ def test_chunked_causal_attention_equals_one_block():
       np.testing.assert_allclose(x, y, atol=1e-6)
   with pytest.raises(ValueError, match="attention_chunk"):
     cfg.replace(attention_chunk=-1)
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_bucketed_cache_reads_equal_full_reads(stacked):
+  """Reading only the written prefix of the ring (`cache_read_buckets`) gives the logits of
+  reading every slot, before and after the ring wraps, with a shared prefix."""
+  assert llama.read_buckets(40, 4) == (16, 24, 32, 40)
+  assert llama.read_buckets(20, 2) == (16, 20)
+  cfg = preset("tiny")
+  params = llama.init_params(cfg, jax.random.key(7), stacked=stacked)
+  params = params if stacked else llama.unstack_layers(params)
+  rng = np.random.RandomState(8)
+  prompt = rng.randint(3, 200, (1, 5))
+  _, pre = llama.forward(params, cfg, prompt, cache=llama.init_cache(cfg, 1, 5, stacked=stacked))
+  prefix = llama.prefix_from_cache(pre)
+  conts = rng.randint(3, 200, (2, 50))            # 2 samples of the prompt, past the ring end
+  step = jax.jit(lambda p, t, pos, c, n: llama.forward(p, cfg, t, pos, cache=c, prefix=prefix,
+                                                       cache_read_buckets=n), static_argnums=4)
+  got = {}
+  for n in (1, 4):
+    cache, outs = llama.init_cache(cfg, 2, 40, stacked=stacked), []
+    for t in range(50):
+      logits, cache = step(params, conts[:, t:t + 1], np.full((2, 1), 5 + t), cache, n)
+      outs.append(np.asarray(logits))
+    got[n] = np.concatenate(outs, axis=1)
+  np.testing.assert_allclose(got[4], got[1], atol=1e-5, rtol=0)
+  want, _ = llama.forward(params, cfg, np.concatenate([np.repeat(prompt, 2, 0), conts[:, :40]], 1))
+  np.testing.assert_allclose(got[4][:, :40], np.asarray(want)[:, 5:], atol=1e-5, rtol=0)

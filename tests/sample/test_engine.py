@@ -153,3 +153,23 @@ def test_sample_tokens_distribution_and_filters():
   greedy = sample_tokens(logits, u[:1], jnp.float32(0.0), jnp.float32(1.0), jnp.int32(0), False)
   assert int(greedy[0]) == 0
   del draw
+
+
+def test_two_level_inverse_cdf_equals_flat_search():
+  """The blockwise lookup picks the token a flat running sum picks (float64 reference), never a
+  zero-weight token, for vocabularies that are and are not a multiple of the block."""
+  from mathjax_sft.sample.strategies import CDF_BLOCK, _lookup
+  rng = np.random.default_rng(0)
+  for vocab in (7, CDF_BLOCK * 3, CDF_BLOCK * 4 + 37):
+    w = rng.exponential(size=(5, vocab)) * (rng.random((5, vocab)) < 0.6)   # many zeros
+    w[1, CDF_BLOCK // 2:] = 0.0                                              # empty tail blocks
+    w[2, :-1], w[2, -1] = 0.0, 1.0                                             # one token left
+    u = np.concatenate([rng.random((5, 200)), np.full((5, 1), 1 - 2 ** -24), np.zeros((5, 1))], 1)
+    got = np.asarray(_lookup(jnp.asarray(w, jnp.float32), None, jnp.asarray(u, jnp.float32)))
+    cdf = np.cumsum(w, axis=1)
+    for r in range(5):
+      want = np.searchsorted(cdf[r], u[r] * cdf[r, -1], side="right")
+      assert (w[r, got[r]] > 0).all(), (vocab, r)
+      near = np.abs(u[r] * cdf[r, -1] - cdf[r][np.minimum(want, vocab - 1)]) < 1e-4 * cdf[r, -1]
+      ok = (got[r] == np.minimum(want, vocab - 1)) | near | (u[r] >= 1 - 1e-6)
+      assert ok.all(), (vocab, r, got[r][~ok], want[~ok])
