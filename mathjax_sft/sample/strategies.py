@@ -7,8 +7,9 @@ running sums (over vocabulary blocks, then inside one block) and — unlike Gumb
 entry (DESIGN.md §6: 47 ms vs 0.8 ms per step at batch 64 on CPU). Profiled in the decode loop
 (batch 64, 49K vocabulary, 2-core AVX2 CPU): ~22 ms per step with one running sum over the whole
 vocabulary (XLA:CPU lowers it to a reduce-window) and an argmax computed on every step; ~2.5 ms
-with the two-level sum and greedy behind a `cond`. `temperature`, `top_p`, `top_k` are traced, so a sweep does not recompile;
-only whether filtering is on at all (`filtered`) is static, because it needs a full sort.
+with the two-level sum and greedy behind a `cond`. `temperature`, `top_p`, `top_k` are traced,
+so a sweep does not recompile; only whether filtering is on at all (`filtered`) is static,
+because it needs a full sort.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def sample_many(logits: jax.Array, u: jax.Array, temperature: jax.Array, top_p: 
   """Several draws per row from the same logits: logits [b, vocab], u [b, n] -> [b, n] int32.
 
   Draw (row, i) equals `sample_tokens(logits[row:row+1], u[row, i:i+1], ...)`: the weights and
-  their running sum are computed once per row, then each uniform is a binary search.
+  their block totals are computed once per row, then each uniform finds its block and its token.
   """
   def sampled():
     weights, order = _weights(logits, temperature, top_p, top_k, filtered)
