@@ -2,10 +2,9 @@
 a lower learning rate (1e-5) for the larger model; batch and packed length as in the 7B config
 (our reading of the recipe -- check against the paper's appendix before a reproduction run).
 
-Mesh for a TPU v4-256 / v5p-256 slice (128 chips): tensor parallel 8 (the 8 KV heads and 64
-query heads divide it) x FSDP 16. 70B in f32 master weights + Adam = 16 bytes/param = 1.1 TB,
-8.8 GB per chip; activations with remat: 256 x 2048 tokens over 16 FSDP groups = 16 sequences
-per group, split in 2 microbatches.
+Slice: TPU v5p-256 (topology v5p:4x4x8, 128 chips): tensor parallel 8 (the 8 KV heads and 64
+query heads divide it) x FSDP 16; the 256 x 2048 batch in 2 microbatches. Measured by
+`tools/aot_check.py --config=configs/sft_llama2_70b.py`: see the README table.
 """
 
 from mathjax_sft.train.config import xwin_math_recipe
@@ -14,9 +13,11 @@ from mathjax_sft.train.config import xwin_math_recipe
 def get_config():
   c = xwin_math_recipe()
   c.init_checkpoint = "runs/llama2-70b"         # tools/convert_hf_to_flax.py of meta-llama/Llama-2-70b-hf
+  c.model_preset = "llama2-70b"                 # its shape, for tools/aot_check.py before converting
   c.output_dir = "runs/sft_llama2_70b"
   c.learning_rate = 1e-5
   c.grad_accum_steps = 2
+  c.topology = "v5p:4x4x8"                      # TPU v5p-256: 128 chips
   c.mesh_shape = (1, -1, 8)                     # (data, fsdp, tensor)
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2

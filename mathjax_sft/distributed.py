@@ -1,8 +1,10 @@
 """Multi-host plumbing: `jax.distributed` start-up, feeding each host's rows, agreeing on flags.
 
 Every host builds the same global batch (the data pipeline is deterministic and cheap next to a
-step) and hands only the rows its own devices hold to
-`jax.make_array_from_process_local_data`.
+step) and hands each of its own devices exactly the block of it that the sharding puts there
+(`jax.make_array_from_callback`). Nothing assumes a host's devices are contiguous along the
+batch axis: on a pod `jax.make_mesh` orders devices by topology, so a host's rows can be
+interleaved with other hosts' rows.
 """
 
 from __future__ import annotations
@@ -46,27 +48,11 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def local_row_range(sharding: NamedSharding, global_shape: tuple[int, ...]) -> tuple[int, int]:
-  """[lo, hi): the rows (dim 0) of a global array held by this process's devices."""
-  starts, stops = [], []
-  for index in sharding.addressable_devices_indices_map(global_shape).values():
-    rows = index[0]
-    starts.append(rows.start or 0)
-    stops.append(global_shape[0] if rows.stop is None else rows.stop)
-  lo, hi = min(starts), max(stops)
-  return lo, hi
-
-
 def put_global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Global numpy batch (same on every host) -> global jax arrays, each host feeding its rows."""
-  out = {}
-  for key, value in batch.items():
-    if jax.process_count() == 1:
-      out[key] = jax.device_put(value, sharding)
-      continue
-    lo, hi = local_row_range(sharding, value.shape)
-    out[key] = jax.make_array_from_process_local_data(sharding, value[lo:hi], value.shape)
-  return out
+  """Global numpy batch (the same on every host) -> global jax arrays: each device of this
+  process gets the block `sharding` assigns to it, wherever it lies in the global array."""
+  return {key: jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+          for key, value in batch.items()}
 
 
 def any_process(flag: bool) -> bool:

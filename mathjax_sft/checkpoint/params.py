@@ -140,13 +140,21 @@ def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_r
 
 
 def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-  """(param path, host array in its stored dtype), one parameter at a time (for export)."""
+  """(param path, host array in its stored dtype), one parameter at a time (for export).
+
+  Read straight into host memory (a numpy restore target: tensorstore -> numpy), never onto a
+  device: a stacked 70B `w_gate` (~37.6 GB in bf16) is larger than one accelerator's memory.
+  Peak host memory is the largest parameter."""
   root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
   index = json.loads((root / INDEX_NAME).read_text())
   ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-  single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   for name, meta in index.items():
-    target = {"value": jax.ShapeDtypeStruct(tuple(meta["shape"]), jnp.dtype(meta["dtype"]),
-                                            sharding=single)}
+    target = {"value": np.empty(tuple(meta["shape"]), _host_dtype(meta["dtype"]))}
     value = ckptr.restore(root / name, args=ocp.args.StandardRestore(target))["value"]
-    yield tuple(name.split(".")), np.asarray(value)
+    if not isinstance(value, np.ndarray):
+      raise TypeError(f"{root / name}: restored as {type(value).__name__}, not a host array")
+    yield tuple(name.split(".")), value
+
+
+def _host_dtype(name: str) -> np.dtype:
+  return np.dtype(jnp.dtype(name))   # bfloat16 included (ml_dtypes)

@@ -43,6 +43,9 @@ class ModelConfig:
   # Full-sequence (training) attention in blocks of this many queries, each block reading only
   # the keys up to its end: the causal upper triangle is never computed (0 = one block).
   attention_chunk: int = 128
+  # Training cross-entropy over this many positions at a time (LM head recomputed per chunk in
+  # the backward pass), so the f32 [batch, seq, vocab] logits are never whole (0 = one chunk).
+  loss_chunk: int = 512
 
   def __post_init__(self):
     positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -57,8 +60,9 @@ class ModelConfig:
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
-    if self.attention_chunk < 0:
-      raise ValueError(f"attention_chunk must be >= 0, got {self.attention_chunk}")
+    for name in ("attention_chunk", "loss_chunk"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     if self.rope_theta <= 0:

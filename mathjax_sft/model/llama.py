@@ -16,7 +16,10 @@ run with `lax.scan` — or a list of per-layer dicts, run as an unrolled Python 
 decode on CPU/GPU); `unstack_layers` / `stack_layers` convert between the two.
 
 Every parameter declares its logical axes (`param_specs`), from which shardings are derived by
-`mathjax_sft.sharding.rules`; nothing in this file knows about meshes.
+`mathjax_sft.sharding.rules`. Activations and caches are pinned by logical names too
+(`constrain`: the residual stream at the embedding and at every block boundary, q / k / v and the
+attention output, the MLP intermediate, the logits, the KV cache), against whatever mesh is in
+context; this file never sees a mesh.
 
 Attention handles three key sources, concatenated before one softmax:
   * the new tokens themselves (training / plain forward: causal + packed-segment mask),
@@ -37,9 +40,18 @@ import numpy as np
 
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.model.rope import apply_rope, rope_tables
+from mathjax_sft.sharding.rules import constrain
 
 Params = dict[str, Any]
 NEG_INF = -1e30
+
+# Logical axes of activations (see sharding/rules.py).
+RESIDUAL = ("batch", "seq", "act_embed")
+Q_AXES = ("batch", "seq", "act_heads", "head_dim")
+KV_AXES = ("batch", "seq", "act_kv_heads", "head_dim")
+MLP_AXES = ("batch", "seq", "act_mlp")
+LOGITS = ("batch", "seq", "act_vocab")
+CACHE_AXES = ("cache_batch", "cache_heads", "cache_time", "head_dim")
 
 
 # ---- parameter declarations ----------------------------------------------------------------
@@ -138,6 +150,21 @@ def stack_layers(params: Params) -> Params:
   out = dict(params)
   out["layers"] = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
   return out
+
+
+FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gateup": ("w_gate", "w_up")}   # fused name -> parts
+
+
+def fused_param_axes(cfg: ModelConfig) -> Params:
+  """Logical axes of the decode layout: per-layer dicts with `FUSED` tensors (each takes the
+  axes of its first part; fusion happens only where `heads` / `mlp` are unsharded)."""
+  axes = param_axes(cfg, stacked=False)
+  for layer in axes["layers"]:
+    for fused, parts in FUSED.items():
+      layer[fused] = layer[parts[0]]
+      for part in parts:
+        del layer[part]
+  return axes
 
 
 def fuse_layers(params: Params) -> Params:
@@ -292,8 +319,9 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
     k = _dot("bte,ekd->btkd", h, lp["wk"], dtype)
     v = _dot("bte,ekd->btkd", h, lp["wv"], dtype)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  q, k, v = constrain(q, Q_AXES, "q"), constrain(k, KV_AXES, "k"), constrain(v, KV_AXES, "v")
   if cache_kv is None and prefix_kv is None:        # full sequence (training, scoring)
-    attn = causal_attention(q, k, v, self_mask, cfg.attention_chunk)
+    attn = constrain(causal_attention(q, k, v, self_mask, cfg.attention_chunk), Q_AXES, "attn")
     return _mlp_residual(lp, x, attn, cfg), None
   k_t, v_t = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)       # [b, kvh, t, d]
   pre = None if prefix_kv is None else tuple(prefix_kv)
@@ -304,6 +332,7 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
   sizes = read_buckets(ck.shape[2], bucket_hot.shape[0])
   ck = jax.lax.dynamic_update_slice_in_dim(ck, k_t.astype(ck.dtype), write_at, axis=2)
   cv = jax.lax.dynamic_update_slice_in_dim(cv, v_t.astype(cv.dtype), write_at, axis=2)
+  ck, cv = constrain(ck, CACHE_AXES, "kv cache"), constrain(cv, CACHE_AXES, "kv cache")
 
   def attend_first(n, q, ck, cv, mask, pre):   # keys in slots [0, n) only
     return _attend(q, [_Keys(ck[:, :, :n], cv[:, :, :n], mask[..., :n])], pre, dtype)
@@ -311,14 +340,15 @@ def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: 
   branches = [functools.partial(attend_first, n) for n in sizes]
   attn = (branches[0](q, ck, cv, mask, pre) if len(branches) == 1
           else jax.lax.switch(jnp.argmax(bucket_hot), branches, q, ck, cv, mask, pre))
-  return _mlp_residual(lp, x, attn, cfg), (ck, cv)
+  return _mlp_residual(lp, x, constrain(attn, Q_AXES, "attn"), cfg), (ck, cv)
 
 
 def _mlp_residual(lp: Params, x: jax.Array, attn: jax.Array, cfg: ModelConfig) -> jax.Array:
   """The rest of a layer after attention: x + wo(attn), then x + mlp(norm(x))."""
   dtype = x.dtype
   b, t, nh, hd = attn.shape   # 2-D matmul on a free reshape: a 3-D contraction makes XLA copy wo
-  x = x + _dot("btf,fe->bte", attn.reshape(b, t, nh * hd), lp["wo"].reshape(nh * hd, -1), dtype)
+  x = constrain(x + _dot("btf,fe->bte", attn.reshape(b, t, nh * hd),
+                         lp["wo"].reshape(nh * hd, -1), dtype), RESIDUAL, "residual")
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
   if "w_gateup" in lp:
     gate, up = jnp.split(_dot("bte,em->btm", h, lp["w_gateup"], dtype), 2, axis=-1)
@@ -328,8 +358,10 @@ def _mlp_residual(lp: Params, x: jax.Array, attn: jax.Array, cfg: ModelConfig) -
     # layout: ~90 ms per layer of a 4 x 512 SmolLM2 train step, ~10 ms this way (profiled); the
     # whole step 21.9 s vs 22.6 s best, 22.8 vs 25.1 s median (A/B in one process, same loss).
     gu = _dot("bte,ekm->btkm", h, jnp.stack([lp["w_gate"], lp["w_up"]], axis=1), dtype)
+    gu = constrain(gu, MLP_AXES[:2] + (None,) + MLP_AXES[2:], "mlp gate/up")
     gate, up = gu[:, :, 0], gu[:, :, 1]
-  return x + _dot("btm,me->bte", jax.nn.silu(gate) * up, lp["w_down"], dtype)
+  act = constrain(jax.nn.silu(gate) * up, MLP_AXES, "mlp")
+  return constrain(x + _dot("btm,me->bte", act, lp["w_down"], dtype), RESIDUAL, "residual")
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -427,7 +459,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   cos, sin = rope_tables(positions, cfg)
-  x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+  # The lookup reads a replicated table (one all-gather of [vocab, embed], in compute dtype):
+  # GSPMD cannot gather rows of a vocab x embed-sharded table into batch-sharded rows itself.
+  table = constrain(params["embed"].astype(dtype), (None, None), "embedding table")
+  x = constrain(jnp.take(table, tokens, axis=0), RESIDUAL, "embedding")
 
   self_mask = ctx = new_valid = None
   if cache is None:
@@ -457,8 +492,9 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
       lp, ck, cv, pk, pv = xs
       ckv = None if ck is None else (ck, cv)
       pkv = None if pk is None else (pk, pv, prefix.valid)
-      x, upd = _block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
-      return x, (None, None) if upd is None else upd
+      x, upd = _block(lp, constrain(x, RESIDUAL, "block input"), cos, sin, self_mask, ckv, ctx,
+                      pkv, cfg)
+      return constrain(x, RESIDUAL, "block output"), (None, None) if upd is None else upd
     if cfg.remat:
       body = _remat(body, cfg)
     xs = (layers,
@@ -472,7 +508,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     new_cache = KVCache(k=stacked_k, v=stacked_v, valid=new_valid, index=cache.index + t)
   if return_hidden:
     return x, new_cache
-  return lm_head(params, cfg, x, logits_dtype), new_cache
+  return constrain(lm_head(params, cfg, x, logits_dtype), LOGITS, "logits"), new_cache
 
 
 def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, logits_dtype=jnp.float32) -> jax.Array:

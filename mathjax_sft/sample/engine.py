@@ -13,6 +13,13 @@ problems or samples share its batch.
 
 Shapes are bucketed (prompt length to a power of two, rows fixed by the config), so a run
 compiles a handful of programs; `Engine.compiled_shapes` lists them.
+
+Memory: the engine holds one copy of the weights, in its decode layout (per-layer, q/k/v and
+gate/up fused when `tensor` is 1). `prepare_params` builds it one tensor at a time; with
+`donate=True` each stacked input buffer is freed as soon as its slices exist, so the peak is the
+weights plus one stacked tensor, not twice the weights. Under a mesh, decode rows, prompts and
+KV caches are sharded by the rule table's `batch` / `cache_*` axes (traced under
+`rules.with_mesh`).
 """
 
 from __future__ import annotations
@@ -73,16 +80,76 @@ class Samples:
   finished: list[bool]          # ended by EOS / stop (False: hit max_new_tokens)
 
 
-class Engine:
-  """Holds params (unrolled layer layout) and jitted prefill/decode programs."""
+def fuses(mesh: Mesh | None) -> bool:
+  """Whether the decode layout fuses q/k/v and gate/up (only where `tensor` is unsharded)."""
+  return mesh is None or mesh.shape.get("tensor", 1) == 1
 
-  def __init__(self, params: llama.Params, cfg: ModelConfig, engine_cfg: EngineConfig,
-               mesh: Mesh | None = None):
+
+def engine_param_axes(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params:
+  return llama.fused_param_axes(cfg) if fuses(mesh) else llama.param_axes(cfg, stacked=False)
+
+
+def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params | None:
+  """Shardings of the decode layout's params (None without a mesh: default device)."""
+  if mesh is None:
+    return None
+  abstract = jax.eval_shape(lambda p: _relayout(p, fuses(mesh)), llama.abstract_params(cfg))
+  return sharding_rules.tree_shardings(mesh, engine_param_axes(cfg, mesh), abstract)
+
+
+def _relayout(params: llama.Params, fuse: bool) -> llama.Params:
+  params = llama.unstack_layers(params)
+  return llama.fuse_layers(params) if fuse else params
+
+
+def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
+                   donate: bool = False) -> llama.Params:
+  """Stacked (or per-layer) params -> the decode layout, one stacked tensor at a time.
+
+  With `donate`, each input buffer is deleted as soon as its slices (or its fused tensor) exist:
+  the caller's arrays are consumed and at most one stacked tensor exists twice at any moment.
+  (XLA cannot alias a stacked buffer to its slices, so the buffers are deleted explicitly.)"""
+  fuse = fuses(mesh)
+  if isinstance(params["layers"], dict):
+    layers = params["layers"]
+    n = next(iter(layers.values())).shape[0]
+    per_layer: list[dict] = [{} for _ in range(n)]
+    for name in list(layers):
+      stacked = layers[name]
+      out_sh = None
+      if mesh is not None:
+        spec = stacked.sharding.spec
+        out_sh = NamedSharding(mesh, jax.sharding.PartitionSpec(*tuple(spec)[1:]))
+      split = jax.jit(lambda x: tuple(x[i] for i in range(n)),
+                      out_shardings=None if out_sh is None else (out_sh,) * n)
+      for i, piece in enumerate(split(stacked)):
+        per_layer[i][name] = piece
+      if donate:
+        stacked.delete()
+    params = dict(params, layers=per_layer)
+  if not fuse:
+    return params
+  fuse_one = jax.jit(lambda layer: llama.fuse_layers({"layers": [layer]})["layers"][0])
+  fused = []
+  for layer in params["layers"]:
+    fused.append(fuse_one(layer))
+    if donate:
+      for parts in llama.FUSED.values():
+        for part in parts:
+          layer[part].delete()
+  return dict(params, layers=fused)
+
+
+class Engine:
+  """Holds params (decode layout, see `prepare_params`) and jitted prefill/decode programs.
+
+  `params=None` builds the programs only (for ahead-of-time compilation: `programs`)."""
+
+  def __init__(self, params: llama.Params | None, cfg: ModelConfig, engine_cfg: EngineConfig,
+               mesh: Mesh | None = None, donate: bool = False):
     self.cfg = cfg
     self.ecfg = engine_cfg
-    self.params = llama.unstack_layers(params)
-    if mesh is None or mesh.shape.get("tensor", 1) == 1:
-      self.params = llama.fuse_layers(self.params)
+    self.params = None if params is None else prepare_params(params, cfg, mesh, donate)
     self.mesh = mesh
     self.stop_ids = tuple(sorted(set(cfg.eos_token_ids) | set(engine_cfg.stop_token_ids)))
     if not self.stop_ids and not engine_cfg.stop_sequences:
@@ -96,6 +163,16 @@ class Engine:
 
   # ---- jitted programs ----------------------------------------------------------------------
   def _prefill_fn(self, params, tokens, lengths):
+    with sharding_rules.with_mesh(self.mesh):
+      return self._prefill_body(params, tokens, lengths)
+
+  def _decode_fn(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
+                 top_k, num_samples: int, slots: int, filtered: bool):
+    with sharding_rules.with_mesh(self.mesh):
+      return self._decode_body(params, prefix, last_logits, lengths, keys, seed, temperature,
+                               top_p, top_k, num_samples, slots, filtered)
+
+  def _prefill_body(self, params, tokens, lengths):
     """tokens [P, T] right-padded, lengths [P] -> (Prefix, last logits [P, V])."""
     p, t = tokens.shape
     valid = jnp.arange(t)[None, :] < lengths[:, None]
@@ -107,8 +184,8 @@ class Engine:
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]   # [P, E]
     return llama.prefix_from_cache(cache), llama.lm_head(params, self.cfg, last)
 
-  def _decode_fn(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
-                 top_k, num_samples: int, slots: int, filtered: bool):
+  def _decode_body(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
+                   top_k, num_samples: int, slots: int, filtered: bool):
     """All `num_samples` samples of P problems through P x `slots` decode rows.
 
     Row r serves problem r // slots. When its sample ends (stop token or max_new_tokens), the

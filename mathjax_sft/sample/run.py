@@ -152,7 +152,8 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
                     for s in cfg.stop_strings)
   engine = Engine(params, model_cfg, EngineConfig(
       max_new_tokens=cfg.max_new_tokens, problems_per_batch=cfg.problems_per_batch,
-      slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh)
+      slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh, donate=True)
+  del params   # donated: the engine holds the only copy of the weights
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
 
   done = set(read_records(out_dir))

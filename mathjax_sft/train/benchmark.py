@@ -38,7 +38,7 @@ class StepTimer:
     params = llama.init_params(cfg, jax.random.PRNGKey(seed), p_shard, stacked=stacked)
     ocfg = optimizer_lib.OptimizerConfig(learning_rate=learning_rate, max_steps=1000,
                                          warmup_steps=0)
-    tx = optimizer_lib.make_optimizer(ocfg)
+    tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, cfg.scan_layers))
     s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
     self.state = state_lib.create_state(params, tx, s_shard)
     b_shard = step_lib.batch_sharding(mesh, batch_size, seq_len)

@@ -64,6 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # ---- mesh ----
   c.mesh_shape = (1, -1, 1)     # (data, fsdp, tensor); -1 = the rest of the devices
+  c.topology = ""               # the TPU slice this config is sized for (e.g. "v5p:4x4x4"):
+                                # tools/aot_check.py compiles it there and checks it fits
   c.num_devices = 0             # use the first N devices (single process only); 0 = all
   c.coordinator_address = ""    # multi-host: "host:port" (else auto-detected by jax, if any)
   c.num_processes = 0

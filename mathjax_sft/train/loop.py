@@ -140,7 +140,7 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   p_abstract = llama.abstract_params(cfg, stacked)
   ocfg = optimizer_lib.OptimizerConfig.from_config(c, max_steps)
-  tx = optimizer_lib.make_optimizer(ocfg)
+  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
   lr_schedule = optimizer_lib.schedule(ocfg)
   s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
   ckpt = TrainCheckpointer(out_dir, c.keep_checkpoints, c.async_checkpointing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -51,15 +53,23 @@ def schedule(cfg: OptimizerConfig) -> optax.Schedule:
   return lr
 
 
-def _decay_mask(params):
-  """Weight decay on matrices only (not on norm scales)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+NO_DECAY_AXES = ("norm",)   # parameters with one of these logical axes are never decayed
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+def decay_mask(param_axes: Any) -> Any:
+  """Weight-decay mask from the parameters' logical axes (a pytree of axis-name tuples, e.g.
+  `llama.param_axes(cfg, stacked)`): True for weight matrices and embeddings, False for norm
+  scales -- also when they are stacked `[layers, embed]` under scan."""
+  is_axes = lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+  return jax.tree.map(lambda axes: not any(a in NO_DECAY_AXES for a in axes), param_axes,
+                      is_leaf=is_axes)
+
+
+def make_optimizer(cfg: OptimizerConfig, param_axes: Any) -> optax.GradientTransformation:
+  """Clipping + AdamW for params whose logical axes are `param_axes` (decay mask from them)."""
   parts = []
   if cfg.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
   parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=_decay_mask))
+                           weight_decay=cfg.weight_decay, mask=decay_mask(param_axes)))
   return optax.chain(*parts)

@@ -4,6 +4,11 @@ The loss of a step is the mean cross-entropy over every response token of the gl
 (sum of token losses / number of loss tokens), whatever the number of microbatches, so a step
 with `grad_accum_steps=k` equals one big-batch step. Microbatch j takes rows j, j+k, j+2k, ...
 so every microbatch stays spread over all batch shards.
+
+The cross-entropy runs over `cfg.loss_chunk` positions at a time (LM head rematerialised in the
+backward pass): the f32 logits of a 256 x 2048 batch (67 GB for a 32K vocab) are never whole.
+The jitted steps trace under `rules.with_mesh(mesh)`, so the model's activation constraints
+apply.
 """
 
 from __future__ import annotations
@@ -29,14 +34,40 @@ def batch_sharding(mesh: Mesh, batch_size: int, seq_len: int,
                                        name="batch")
 
 
+def _chunk_loss(params: llama.Params, cfg: ModelConfig, hidden: jax.Array, targets: jax.Array,
+                mask: jax.Array) -> jax.Array:
+  """Sum of masked cross-entropies of one chunk: hidden [b, c, embed], targets / mask [b, c]."""
+  logits = sharding_rules.constrain(llama.lm_head(params, cfg, hidden), llama.LOGITS, "logits")
+  logz = jax.nn.logsumexp(logits, axis=-1)                             # [b, c]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum((logz - target_logit) * mask)
+
+
 def loss_sums(params: llama.Params, cfg: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(sum of masked token cross-entropies, number of loss tokens), both f32 scalars."""
-  logits, _ = llama.forward(params, cfg, batch["inputs"], batch["positions"],
-                            segment_ids=batch["segment_ids"])          # [b, t, v] f32
-  logz = jax.nn.logsumexp(logits, axis=-1)                             # [b, t]
-  target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+  hidden, _ = llama.forward(params, cfg, batch["inputs"], batch["positions"],
+                            segment_ids=batch["segment_ids"], return_hidden=True)   # [b, t, e]
   mask = batch["loss_mask"].astype(jnp.float32)
-  return jnp.sum((logz - target_logit) * mask), jnp.sum(mask)
+  targets = batch["targets"]
+  b, t, e = hidden.shape
+  c = cfg.loss_chunk if 0 < cfg.loss_chunk < t else t
+  if c == t:
+    return _chunk_loss(params, cfg, hidden, targets, mask), jnp.sum(mask)
+  n = -(-t // c)
+  pad = n * c - t                      # padded positions carry mask 0
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets, mask = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(mask, ((0, 0), (0, pad)))
+  chunks = (hidden.reshape(b, n, c, e).swapaxes(0, 1), targets.reshape(b, n, c).swapaxes(0, 1),
+            mask.reshape(b, n, c).swapaxes(0, 1))
+  chunk_loss = jax.checkpoint(lambda h, y, m: _chunk_loss(params, cfg, h, y, m))
+
+  def body(total, xs):
+    h, y, m = xs
+    return total + chunk_loss(sharding_rules.constrain(h, llama.RESIDUAL, "loss chunk"), y, m), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)
+  return total, jnp.sum(mask)
 
 
 def _microbatches(batch: Batch, k: int) -> Batch:
@@ -87,11 +118,13 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_sched
                     state_shardings: TrainState, batch_shard: NamedSharding,
                     accum_steps: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """jit(train_step) with explicit in/out shardings and the state donated."""
-  replicated = NamedSharding(batch_shard.mesh, PartitionSpec())
+  mesh = batch_shard.mesh
+  replicated = NamedSharding(mesh, PartitionSpec())
 
   def step(state, batch):
-    return train_step(state, batch, cfg=cfg, tx=tx, lr_schedule=lr_schedule,
-                      accum_steps=accum_steps)
+    with sharding_rules.with_mesh(mesh):
+      return train_step(state, batch, cfg=cfg, tx=tx, lr_schedule=lr_schedule,
+                        accum_steps=accum_steps)
 
   return jax.jit(step, in_shardings=(state_shardings, batch_shard),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -100,6 +133,12 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_sched
 def make_eval_step(cfg: ModelConfig, params_shardings: Any,
                    batch_shard: NamedSharding) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
   """jit((params, batch) -> (loss sum, loss tokens))."""
-  replicated = NamedSharding(batch_shard.mesh, PartitionSpec())
-  return jax.jit(lambda p, b: loss_sums(p, cfg, b), in_shardings=(params_shardings, batch_shard),
+  mesh = batch_shard.mesh
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def step(params, batch):
+    with sharding_rules.with_mesh(mesh):
+      return loss_sums(params, cfg, batch)
+
+  return jax.jit(step, in_shardings=(params_shardings, batch_shard),
                  out_shardings=(replicated, replicated))

@@ -156,3 +156,24 @@ def test_no_config_and_no_weights(tmp_path):
     _import(tmp_path / "empty", tmp_path)
   with pytest.raises(FileNotFoundError, match="not a mathjax_sft checkpoint"):
     ckpt.load_params(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_reads_parameters_into_host_memory(tmp_path, dtype):
+  """Export streams each stored tensor through host memory: numpy arrays, equal to what was
+  saved, and no device buffer is created while reading (a stacked 70B tensor exceeds a chip)."""
+  cfg = preset("tiny", param_dtype=dtype)
+  params = llama.init_params(cfg, jax.random.PRNGKey(0))
+  ckpt.save_params(tmp_path / "c", params, cfg)
+  expected = {tuple(str(k.key) for k in path): np.asarray(v)
+              for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  del params
+  before = len(jax.live_arrays())
+  got = {}
+  for path, value in ckpt.iter_params_numpy(tmp_path / "c"):
+    assert isinstance(value, np.ndarray) and len(jax.live_arrays()) == before
+    got[path] = value
+  assert got.keys() == expected.keys()
+  for path, value in got.items():
+    assert value.dtype == expected[path].dtype
+    np.testing.assert_array_equal(value, expected[path])

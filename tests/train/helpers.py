@@ -75,3 +75,32 @@ def tiny_config(tokenizer_dir: Path, train_file: Path, output_dir: Path, **overr
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+def feed_and_loss(devices) -> tuple[dict, object, float]:
+  """A fixed global batch fed over a (8, 1, 1) mesh of `devices` (in that order) with
+  `distributed.put_global_batch`, and the loss of a seeded tiny model on it."""
+  import jax
+  import numpy as np
+
+  from mathjax_sft import distributed
+  from mathjax_sft.model import llama
+  from mathjax_sft.model.config import preset
+  from mathjax_sft.sharding.mesh import make_mesh
+  from mathjax_sft.train import state as state_lib
+  from mathjax_sft.train import step as step_lib
+
+  cfg = preset("tiny", vocab_size=TINY_VOCAB, scan_layers=True)
+  mesh = make_mesh((8, 1, 1), devices=devices)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, TINY_VOCAB, (16, 33)).astype(np.int32)
+  host = {"inputs": ids[:, :-1], "targets": ids[:, 1:],
+          "loss_mask": (rng.random((16, 32)) < 0.7).astype(np.int32),
+          "segment_ids": np.ones((16, 32), np.int32),
+          "positions": np.tile(np.arange(32, dtype=np.int32), (16, 1))}
+  b_shard = step_lib.batch_sharding(mesh, 16, 32)
+  batch = distributed.put_global_batch(host, b_shard)
+  p_shard = state_lib.param_shardings(cfg, mesh, True)
+  params = llama.init_params(cfg, jax.random.PRNGKey(3), p_shard)
+  loss_sum, count = step_lib.make_eval_step(cfg, p_shard, b_shard)(params, batch)
+  return batch, mesh, float(loss_sum) / float(count)

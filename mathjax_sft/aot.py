@@ -1,0 +1,237 @@
+"""Ahead-of-time compilation of the programs a run executes, for a TPU slice or simulated devices.
+
+Nothing is allocated: every argument is a `jax.ShapeDtypeStruct` with its sharding, so a 70B
+train step compiles for a 128-chip TPU slice on a CPU host (libtpu's topology API; MaxText's
+`train_compile.py` does the same). XLA's `memory_analysis()` of the compiled program gives what
+each chip needs: arguments (weights, optimizer state, batch), temporaries (activations, gathered
+weights, gradients), outputs. `tools/aot_check.py` prints one `ProgramReport` per program.
+
+Devices: `"v5p:4x4x4"` (any topology name libtpu knows: v4, v5e, v5p, v6e) or `"cpu:8"` (the first
+8 CPU devices of this process; set `--xla_force_host_platform_device_count`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mathjax_sft.model import llama
+from mathjax_sft.model.config import ModelConfig
+from mathjax_sft.sample import engine as engine_lib
+from mathjax_sft.sample.benchmark import decode_flops
+from mathjax_sft.sharding import mesh as mesh_lib
+from mathjax_sft.sharding import rules as sharding_rules
+from mathjax_sft.train import optimizer as optimizer_lib
+from mathjax_sft.train import state as state_lib
+from mathjax_sft.train import step as step_lib
+
+GIB = 2 ** 30
+# HBM per jax device by TPU generation (the topology name's prefix). A device is a chip, except
+# on v4, whose topology description lists each of a chip's 2 TensorCores as a device (no
+# megacore): 128 devices of 16 GiB for a v4:4x4x4 slice of 64 chips with 32 GiB each.
+TPU_HBM_GIB = {"v4": 16, "v5e": 16, "v5litepod": 16, "v5p": 95, "v6e": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Devices to compile for: all devices of a slice, and the devices of its first host."""
+  name: str                       # "v5p:4x4x4" | "cpu:8"
+  devices: tuple                  # every device (train step)
+  host_devices: tuple             # the first host's devices (the sampler runs per host)
+  hbm_bytes: int | None           # per device (None: unknown, e.g. CPU)
+
+  @property
+  def platform(self) -> str:
+    return "cpu" if self.name.startswith("cpu") else "tpu"
+
+
+def target(name: str) -> Target:
+  """`"cpu:N"` or a TPU topology name (needs libtpu: `pip install -e '.[tpu]'`)."""
+  if name.startswith("cpu"):
+    count = int(name.split(":", 1)[1]) if ":" in name else len(jax.devices("cpu"))
+    cpus = jax.devices("cpu")
+    if count > len(cpus):
+      raise ValueError(f"{name}: this process has {len(cpus)} CPU devices; set XLA_FLAGS="
+                       f"--xla_force_host_platform_device_count={count}")
+    devices = tuple(cpus[:count])
+    return Target(name, devices, devices, None)
+  generation = name.split(":", 1)[0]
+  if generation not in TPU_HBM_GIB:
+    raise ValueError(f"topology {name!r}: expected '<generation>:<shape>' with generation in "
+                     f"{sorted(TPU_HBM_GIB)} (e.g. v5p:4x4x4), or cpu:N")
+  try:
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    topo = topologies.get_topology_desc(topology_name=name, platform="tpu")
+  except Exception as e:  # libtpu missing or an unknown shape: say which
+    raise RuntimeError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); "
+                       "libtpu comes with pip install -e '.[tpu]'") from None
+  devices = tuple(topo.devices)
+  first = devices[0].process_index
+  host = tuple(d for d in devices if d.process_index == first)
+  return Target(name, devices, host, TPU_HBM_GIB[generation] * GIB)
+
+
+@dataclasses.dataclass
+class ProgramReport:
+  """Per-device figures of one compiled program (bytes; FLOPs per device)."""
+  program: str
+  target: str
+  devices: int
+  mesh: dict
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int              # outputs that reuse donated argument buffers
+  temp_bytes: int
+  peak_bytes: int               # arguments + temporaries + outputs not aliased to arguments
+  hbm_bytes: int | None
+  fits: bool | None             # peak <= HBM
+  headroom: float | None        # 1 - peak / HBM
+  xla_flops: float | None       # XLA's count per device (a scanned or looped body counts once)
+  model_flops: float            # the model's FLOPs per device for what the program computes once
+  compile_s: float
+  settings: dict
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    for key in ("argument_bytes", "output_bytes", "temp_bytes", "peak_bytes", "hbm_bytes"):
+      if out[key] is not None:
+        out[key.replace("_bytes", "_gib")] = round(out[key] / GIB, 3)
+    if out["headroom"] is not None:
+      out["headroom"] = round(out["headroom"], 4)
+    out["compile_s"] = round(out["compile_s"], 1)
+    return out
+
+
+def compile_report(program: str, tgt: Target, mesh, fn: Callable, args: Sequence[Any],
+                   model_flops: float, settings: dict, kwargs: dict | None = None) -> ProgramReport:
+  """Lowers and compiles `fn(*args, **kwargs)` (a jitted function over abstract args)."""
+  tic = time.perf_counter()
+  compiled = fn.lower(*args, **(kwargs or {})).compile()
+  seconds = time.perf_counter() - tic
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost["flops"]) if cost and "flops" in cost else None
+  args_b, out_b = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+  alias_b, temp_b = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+  peak = args_b + temp_b + out_b - alias_b
+  hbm = tgt.hbm_bytes
+  return ProgramReport(
+      program=program, target=tgt.name, devices=int(np.prod(list(mesh.shape.values()))),
+      mesh=dict(mesh.shape), argument_bytes=args_b, output_bytes=out_b, alias_bytes=alias_b,
+      temp_bytes=temp_b, peak_bytes=peak, hbm_bytes=hbm,
+      fits=None if hbm is None else peak <= hbm,
+      headroom=None if hbm is None else 1.0 - peak / hbm,
+      xla_flops=flops, model_flops=model_flops, compile_s=seconds, settings=settings)
+
+
+# ---- the train step ---------------------------------------------------------------------------
+
+def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
+  shape = (batch_size, seq_len)
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+          for k in ("inputs", "targets", "loss_mask", "segment_ids", "positions")}
+
+
+def train_step_program(cfg: ModelConfig, mesh, batch_size: int, seq_len: int,
+                       grad_accum_steps: int = 1, weight_decay: float = 0.0):
+  """(jitted train step, its abstract (state, batch)) -- exactly what `train.loop` runs."""
+  stacked = cfg.scan_layers
+  p_shard = state_lib.param_shardings(cfg, mesh, stacked)
+  p_abstract = llama.abstract_params(cfg, stacked)
+  ocfg = optimizer_lib.OptimizerConfig(learning_rate=1e-5, max_steps=1000,
+                                       weight_decay=weight_decay)
+  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
+  state = state_lib.abstract_state(p_abstract, tx, s_shard)
+  b_shard = step_lib.batch_sharding(mesh, batch_size, seq_len)
+  fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard,
+                                grad_accum_steps)
+  return fn, (state, abstract_batch(batch_size, seq_len, b_shard))
+
+
+def check_train(cfg: ModelConfig, tgt: Target, mesh_shape: Sequence[int], batch_size: int,
+                seq_len: int, grad_accum_steps: int = 1) -> ProgramReport:
+  mesh = mesh_lib.make_mesh(mesh_shape, devices=tgt.devices)
+  fn, args = train_step_program(cfg, mesh, batch_size, seq_len, grad_accum_steps)
+  model_flops = cfg.flops_per_token(seq_len) * batch_size * seq_len / mesh.size
+  settings = {"batch_size": batch_size, "seq_len": seq_len, "grad_accum_steps": grad_accum_steps,
+              "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
+              "scan_layers": cfg.scan_layers, "remat": cfg.remat,
+              "remat_policy": cfg.remat_policy, "params": cfg.num_params()}
+  return compile_report("train_step", tgt, mesh, fn, args, model_flops, settings)
+
+
+# ---- the sampler ------------------------------------------------------------------------------
+
+def _sds(shape, dtype, mesh, axes):
+  sharding = (None if mesh is None else
+              sharding_rules.named_sharding(mesh, axes, shape, name="sampler input"))
+  return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
+
+
+def check_sample(cfg: ModelConfig, tgt: Target, mesh_shape: Sequence[int] | None,
+                 ecfg: engine_lib.EngineConfig, num_samples: int,
+                 prompt_len: int) -> list[ProgramReport]:
+  """Prefill and decode of one batch of `ecfg.problems_per_batch` problems x `num_samples`, on
+  the first host's devices (the sampler runs one engine per host; `mesh_shape` over those
+  devices, or None: one device)."""
+  devices = tgt.host_devices if mesh_shape else tgt.host_devices[:1]
+  mesh = mesh_lib.make_mesh(mesh_shape or (1, 1, 1), devices=devices)
+  engine_mesh = mesh if mesh_shape else None
+  engine = engine_lib.Engine(None, cfg, ecfg, mesh=engine_mesh)
+  shardings = engine_lib.engine_param_shardings(cfg, mesh)
+  abstract = jax.eval_shape(lambda p: engine_lib._relayout(p, engine_lib.fuses(engine_mesh)),
+                            llama.abstract_params(cfg))
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  P, T = ecfg.problems_per_batch, engine_lib.prompt_bucket(prompt_len)
+  S = min(ecfg.slots_per_problem, num_samples)
+  tokens = _sds((P, T), jnp.int32, engine_mesh, ("batch", None))
+  lengths = _sds((P,), jnp.int32, engine_mesh, ("batch",))
+  settings = {"num_samples": num_samples, "problems_per_batch": P, "slots_per_problem": S,
+              "decode_rows": P * S, "prompt_bucket": T, "max_new_tokens": ecfg.max_new_tokens,
+              "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
+              "params": cfg.num_params()}
+  devices = mesh.size
+  reports = [compile_report("sample_prefill", tgt, mesh, engine._prefill, (params, tokens, lengths),
+                            2.0 * cfg.num_params() * P * T / devices, settings)]
+  prefix, last = jax.eval_shape(engine._prefill, params, tokens, lengths)
+  prefix = _shard_like(prefix, engine_mesh, llama.CACHE_AXES)
+  last = _sds(last.shape, last.dtype, engine_mesh, ("batch", None))
+  scalars = [jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
+             jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)]
+  args = (params, prefix, last, lengths, lengths, *scalars)
+  reports.append(compile_report(
+      "sample_decode", tgt, mesh, engine._decode, args,
+      decode_flops(cfg, T + ecfg.max_new_tokens / 2) * P * S / devices,   # one step of all rows
+      settings, kwargs=dict(num_samples=num_samples, slots=S, filtered=False)))
+  return reports
+
+
+def _shard_like(prefix: llama.Prefix, mesh, axes) -> llama.Prefix:
+  def one(x, names):
+    return _sds(x.shape, x.dtype, mesh, names)
+  k = tuple(one(x, axes) for x in prefix.k)
+  v = tuple(one(x, axes) for x in prefix.v)
+  return llama.Prefix(k=k, v=v, valid=one(prefix.valid, ("cache_batch", None)))
+
+
+def fits_with_headroom(report: ProgramReport, headroom: float = 0.10) -> bool:
+  return report.hbm_bytes is not None and report.peak_bytes <= (1 - headroom) * report.hbm_bytes
+
+
+def human(report: ProgramReport) -> str:
+  """One line for a person (the JSON line is the record)."""
+  hbm = "" if report.hbm_bytes is None else (
+      f" of {report.hbm_bytes / GIB:.0f} GiB HBM: {'fits' if report.fits else 'DOES NOT FIT'}"
+      f" ({100 * report.headroom:.0f}% headroom)")
+  return (f"{report.program} on {report.target} mesh {report.mesh}: args "
+          f"{report.argument_bytes / GIB:.2f} + temps {report.temp_bytes / GIB:.2f} GiB per device"
+          f"{hbm}; compiled in {report.compile_s:.0f} s")
+

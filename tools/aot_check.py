@@ -1,0 +1,136 @@
+"""Compile every program a run executes for its TPU slice, on this (CPU) host, and say if it fits.
+
+  python tools/aot_check.py --config=configs/sft_llama2_7b.py                # the config's slice
+  python tools/aot_check.py --config=configs/sft_llama2_7b.py --topology=v4:4x4x4
+  python tools/aot_check.py --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256
+
+No weight is allocated and no TPU is needed: libtpu's topology API describes the slice
+(`pip install -e '.[tpu]'`), and `--topology=cpu:8` compiles for 8 simulated CPU devices instead.
+Programs: `train` (the train step with the config's batch, seq_len, grad accumulation, mesh,
+dtypes, scan / remat) and `sample` (prefill and decode of one sampler batch on one host's
+devices). One JSON line per program on stdout (per-device argument / temporary / output bytes, HBM,
+fits, XLA's and the model's FLOPs per device, compile seconds); a readable line per program on
+stderr. Exit status 1 when a program does not fit (or lacks `--headroom`).
+
+The model comes from the config's init_checkpoint (its config.json) when that is converted, else
+from its model_preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mathjax_sft.sample.run import SampleRunConfig  # noqa: E402
+
+_S = {f.name: f.default for f in dataclasses.fields(SampleRunConfig)
+      if f.default is not dataclasses.MISSING}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Train config file (configs/*.py); its "
+                                          "model, batch, mesh and topology are checked.")
+flags.mark_flag_as_required("config")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v4:4x4x4, v5e:4x4, v5p:4x4x4, "
+                                "v6e:8x8, ...) or cpu:N for N simulated CPU devices. Default: the "
+                                "config's `topology` field.")
+_PROGRAMS = flags.DEFINE_list("programs", ["train", "sample"], "Which programs: train, sample.")
+_HEADROOM = flags.DEFINE_float("headroom", 0.10, "Fraction of HBM that must stay free for a "
+                               "program to pass (exit status 1 otherwise).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 256, "Sampler: N samples per problem (the "
+                                    "paper's Pass@256; tools/sample.py's default is "
+                                    f"{_S['num_samples']}).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", _S["max_new_tokens"], "Sampler: longest sample.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Sampler: longest prompt of a batch in "
+                                   "tokens (rounded up to its power-of-two bucket).")
+_PPB = flags.DEFINE_integer("problems_per_batch", _S["problems_per_batch"],
+                            "Sampler: problems prefilled and decoded together.")
+_SPC = flags.DEFINE_integer("slots_per_problem", _S["slots_per_problem"],
+                            "Sampler: decode rows per problem.")
+_SAMPLE_DTYPE = flags.DEFINE_enum("sample_dtype", "bfloat16", ["float32", "bfloat16"],
+                                  "Sampler: weights, compute and KV cache dtype (on TPU / GPU: "
+                                  "bfloat16; tools/sample.py --compute_dtype / --param_dtype).")
+_SAMPLE_MESH = flags.DEFINE_list("sample_mesh_shape", ["1", "1", "-1"], "Sampler: data,fsdp,tensor "
+                                 "mesh over one host's devices (tools/sample.py --mesh_shape); empty: "
+                                 "one device. v4 counts each TensorCore as a device.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also append the JSON lines to this file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  c = _CONFIG.value
+  topology = _TOPOLOGY.value or c.get("topology", "")
+  if not topology:
+    raise app.UsageError("no --topology and the config names none (its `topology` field)")
+  unknown = set(_PROGRAMS.value) - {"train", "sample"}
+  if unknown:
+    raise app.UsageError(f"--programs: unknown {sorted(unknown)}; known: train, sample")
+  if topology.startswith("cpu"):
+    count = topology.split(":", 1)[1] if ":" in topology else "8"
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={count}")
+  else:   # libtpu: describe the slice only (no TPU here), without its start-up noise
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # compile only: do not take libtpu's one-process lock (a training job may hold it)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_platforms", "cpu")   # compile for the target; run nothing here
+
+  from mathjax_sft import aot  # pylint: disable=import-outside-toplevel
+  from mathjax_sft.sample.engine import EngineConfig  # pylint: disable=import-outside-toplevel
+  from mathjax_sft.train import model_setup  # pylint: disable=import-outside-toplevel
+
+  from mathjax_sft.checkpoint import params as params_ckpt  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  if c.init_checkpoint and not params_ckpt.is_checkpoint_dir(c.init_checkpoint):
+    if not c.model_preset:
+      raise app.UsageError(f"init_checkpoint {c.init_checkpoint} is not converted yet and the "
+                           "config names no model_preset for its shape")
+    print(f"aot_check: {c.init_checkpoint} is not converted here: using the shape of "
+          f"model_preset={c.model_preset}", file=sys.stderr)
+    c = ml_collections.ConfigDict(c.to_dict())
+    c.init_checkpoint = ""
+  tgt = aot.target(topology)
+  cfg = model_setup.model_config(c)
+  reports = []
+  if "train" in _PROGRAMS.value:
+    reports.append(aot.check_train(cfg, tgt, tuple(c.mesh_shape), c.batch_size, c.seq_len,
+                                   c.grad_accum_steps))
+    _emit(reports[-1], aot)
+  if "sample" in _PROGRAMS.value:
+    dtype = _SAMPLE_DTYPE.value
+    scfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype, scan_layers=False, remat=False)
+    mesh = tuple(int(s) for s in _SAMPLE_MESH.value) if _SAMPLE_MESH.value else None
+    ecfg = EngineConfig(max_new_tokens=_MAX_NEW.value, problems_per_batch=_PPB.value,
+                        slots_per_problem=_SPC.value)
+    for r in aot.check_sample(scfg, tgt, mesh, ecfg, _NUM_SAMPLES.value, _PROMPT_LEN.value):
+      reports.append(r)
+      _emit(r, aot)
+  bad = [r.program for r in reports if r.hbm_bytes is not None
+         and not aot.fits_with_headroom(r, _HEADROOM.value)]
+  if bad:
+    print(f"aot_check: {', '.join(bad)} leave less than {100 * _HEADROOM.value:.0f}% of HBM free "
+          f"on {topology}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _emit(report, aot) -> None:
+  line = json.dumps({"config": config_flags.get_config_filename(flags.FLAGS["config"]),
+                     **report.to_json()})
+  print(line, flush=True)
+  print(aot.human(report), file=sys.stderr, flush=True)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
