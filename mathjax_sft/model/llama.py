@@ -152,29 +152,42 @@ def stack_layers(params: Params) -> Params:
   return out
 
 
-FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gateup": ("w_gate", "w_up")}   # fused name -> parts
+# Decode layouts of a layer's weights (`fuse_layers`), fused name -> (parts, axis, how):
+#   concatenated, where the `tensor` axis is unsharded: one matmul for q/k/v and one for gate/up
+#   stacked, under tensor parallelism: gate/up on a new leading axis, [2, embed, mlp] (the `mlp`
+#     sharding is kept). XLA:TPU wants the decode matmul's weight in that physical order; given
+#     [embed, mlp] pairs (stacked per step) or [embed, 2, mlp] it copied every layer's weights
+#     into it before the decode loop: a second copy of the MLP weights (70B decode on v5p,
+#     tensor=4: 31.8 GiB of temporaries per chip, 10 of them KV cache; see README)
+FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gateup": ("w_gate", "w_up")}
+STACKED = {"w_gu": ("w_gate", "w_up")}
 
 
-def fused_param_axes(cfg: ModelConfig) -> Params:
-  """Logical axes of the decode layout: per-layer dicts with `FUSED` tensors (each takes the
-  axes of its first part; fusion happens only where `heads` / `mlp` are unsharded)."""
+def fused_param_axes(cfg: ModelConfig, concat: bool = True) -> Params:
+  """Logical axes of the decode layout (`fuse_layers(params, concat)`): per-layer dicts; a
+  concatenated tensor takes the axes of its first part, a stacked one gets a new unnamed axis."""
   axes = param_axes(cfg, stacked=False)
   for layer in axes["layers"]:
-    for fused, parts in FUSED.items():
-      layer[fused] = layer[parts[0]]
+    for fused, parts in (FUSED if concat else STACKED).items():
+      first = layer[parts[0]]
+      layer[fused] = first if concat else (None,) + first
       for part in parts:
         del layer[part]
   return axes
 
 
-def fuse_layers(params: Params) -> Params:
-  """Concatenates q/k/v and gate/up weights so a decode step does one matmul for each group
-  (`wqkv` [embed, heads + 2 kv_heads, head_dim], `w_gateup` [embed, 2 mlp]). Inference only:
-  the fused tensors have no sharding rule of their own, so use it on unsharded `tensor` axes."""
+def fuse_layers(params: Params, concat: bool = True) -> Params:
+  """Decode layout. concat: q/k/v and gate/up concatenated (`wqkv` [embed, heads + 2 kv_heads,
+  head_dim], `w_gateup` [embed, 2 mlp]), for unsharded `tensor` axes only. Otherwise gate/up
+  stacked (`w_gu` [2, embed, mlp]), which keeps any sharding."""
   def fuse(layer, axis_shift):
-    out = {k: v for k, v in layer.items() if k not in ("wq", "wk", "wv", "w_gate", "w_up")}
-    out["wqkv"] = jnp.concatenate([layer["wq"], layer["wk"], layer["wv"]], axis=1 + axis_shift)
-    out["w_gateup"] = jnp.concatenate([layer["w_gate"], layer["w_up"]], axis=1 + axis_shift)
+    groups = FUSED if concat else STACKED
+    out = {k: v for k, v in layer.items() if all(k not in p for p in groups.values())}
+    for name, parts in groups.items():
+      if concat:
+        out[name] = jnp.concatenate([layer[p] for p in parts], axis=1 + axis_shift)
+      else:
+        out[name] = jnp.stack([layer[p] for p in parts], axis=axis_shift)
     return out
   layers = params["layers"]
   out = dict(params)
@@ -352,6 +365,10 @@ def _mlp_residual(lp: Params, x: jax.Array, attn: jax.Array, cfg: ModelConfig) -
   h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
   if "w_gateup" in lp:
     gate, up = jnp.split(_dot("bte,em->btm", h, lp["w_gateup"], dtype), 2, axis=-1)
+  elif "w_gu" in lp:                                 # stacked decode layout (tensor parallel)
+    gu = constrain(_dot("bte,kem->btkm", h, lp["w_gu"], dtype),
+                   MLP_AXES[:2] + (None,) + MLP_AXES[2:], "mlp gate/up")
+    gate, up = gu[:, :, 0], gu[:, :, 1]
   else:
     # One matmul over gate and up stacked on a new axis (the `mlp` axis keeps its sharding).
     # With two separate matmuls XLA:CPU recomputed silu(gate) * up under remat in a transposed

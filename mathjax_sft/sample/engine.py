@@ -81,12 +81,13 @@ class Samples:
 
 
 def fuses(mesh: Mesh | None) -> bool:
-  """Whether the decode layout fuses q/k/v and gate/up (only where `tensor` is unsharded)."""
+  """Whether the decode layout concatenates q/k/v and gate/up (only where `tensor` is
+  unsharded); under tensor parallelism it stacks gate/up instead (`llama.fuse_layers`)."""
   return mesh is None or mesh.shape.get("tensor", 1) == 1
 
 
 def engine_param_axes(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params:
-  return llama.fused_param_axes(cfg) if fuses(mesh) else llama.param_axes(cfg, stacked=False)
+  return llama.fused_param_axes(cfg, concat=fuses(mesh))
 
 
 def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params | None:
@@ -97,9 +98,8 @@ def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params 
   return sharding_rules.tree_shardings(mesh, engine_param_axes(cfg, mesh), abstract)
 
 
-def _relayout(params: llama.Params, fuse: bool) -> llama.Params:
-  params = llama.unstack_layers(params)
-  return llama.fuse_layers(params) if fuse else params
+def _relayout(params: llama.Params, concat: bool) -> llama.Params:
+  return llama.fuse_layers(llama.unstack_layers(params), concat)
 
 
 def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
@@ -109,7 +109,7 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
   With `donate`, each input buffer is deleted as soon as its slices (or its fused tensor) exist:
   the caller's arrays are consumed and at most one stacked tensor exists twice at any moment.
   (XLA cannot alias a stacked buffer to its slices, so the buffers are deleted explicitly.)"""
-  fuse = fuses(mesh)
+  fuse = fuses(mesh)   # concatenate (else stack gate/up)
   if isinstance(params["layers"], dict):
     layers = params["layers"]
     n = next(iter(layers.values())).shape[0]
@@ -127,14 +127,17 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
       if donate:
         stacked.delete()
     params = dict(params, layers=per_layer)
-  if not fuse:
-    return params
-  fuse_one = jax.jit(lambda layer: llama.fuse_layers({"layers": [layer]})["layers"][0])
+  layer_sh = None
+  if mesh is not None:
+    layer_sh = engine_param_shardings(cfg, mesh)["layers"][0]
+  fuse_one = jax.jit(lambda layer: llama.fuse_layers({"layers": [layer]}, fuse)["layers"][0],
+                     out_shardings=layer_sh)
+  groups = llama.FUSED if fuse else llama.STACKED
   fused = []
   for layer in params["layers"]:
     fused.append(fuse_one(layer))
     if donate:
-      for parts in llama.FUSED.values():
+      for parts in groups.values():
         for part in parts:
           layer[part].delete()
   return dict(params, layers=fused)
