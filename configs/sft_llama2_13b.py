@@ -1,8 +1,10 @@
 """Xwin-Math-13B recipe: SFT of LLaMA-2-13B, same data, epochs, schedule, batch and packed length
 as the 7B config (configs/sft_llama2_7b.py), learning rate 2e-5.
 
-Slice: TPU v5p-128 (topology v5p:4x4x4, 64 chips), pure FSDP over all chips. Measured by
-`tools/aot_check.py --config=configs/sft_llama2_13b.py`: see MEASURED below and the README table.
+Slice: TPU v5p-128 (topology v5p:4x4x4, 64 chips), pure FSDP over all chips (4 sequences of
+2048 tokens per chip). Measured by `tools/aot_check.py --config=configs/sft_llama2_13b.py`
+(ahead-of-time compile for that topology): per chip 2.28 GiB arguments + 13.44 GiB
+temporaries = 15.7 GiB of 95 GiB HBM (83% free).
 """
 
 from mathjax_sft.train.config import xwin_math_recipe

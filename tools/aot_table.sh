@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every shipped config compiled for its TPU slice (and 7B also for v4), plus 7B / 70B sampling at
+# N = 256: the README's pod-scale table. One JSON line per program in ${1:-docs/results/aot.jsonl}.
+# Needs libtpu (pip install -e '.[tpu]'); ~20 minutes on a 2-core CPU host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-docs/results/aot.jsonl}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
+run() { "$PY" tools/aot_check.py --output="$OUT" "$@" 2> >(grep -E "^(train_step|sample_|aot_check)" >&2); }
+run --config=configs/sft_llama2_7b.py --programs=train
+run --config=configs/sft_llama2_7b.py --programs=train --topology=v4:4x4x4
+run --config=configs/sft_llama2_13b.py --programs=train
+run --config=configs/sft_llama2_70b.py --programs=train
+run --config=configs/sft_llama2_70b.py --programs=train --config.grad_accum_steps=1
+run --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256
+run --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256 --sample_mesh_shape=
+run --config=configs/sft_llama2_70b.py --programs=sample --num_samples=256
