@@ -36,11 +36,16 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "Longest sample, in tokens.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sample j of problem p depends only on (seed, p, j).")
-_TEMPLATE = flags.DEFINE_enum("template", "chat", ["chat", "alpaca", "xwin"],
-                              "Prompt format: the tokenizer's chat template, Alpaca, or Xwin-Math's.")
+_TEMPLATE = flags.DEFINE_enum("template", None, ["chat", "alpaca", "xwin"],
+                              "Prompt format: the tokenizer's chat template, Alpaca, or Xwin-Math's. "
+                              "Default: the one the checkpoint was fine-tuned with (its "
+                              "prompt_format.json), else chat; a value that contradicts the "
+                              "checkpoint's is used with a warning.")
 _SYSTEM = flags.DEFINE_string("system_prompt", None, "System turn for --template=chat (default: "
                               "the template's own).")
-_STOP = flags.DEFINE_list("stop", [], "Extra stop strings (comma-separated); EOS always stops.")
+_STOP = flags.DEFINE_list("stop", [], "Extra stop strings (comma-separated), besides EOS and the "
+                         "template's own (xwin: </s>, USER, ASSISTANT, Question, Instruction, "
+                         "Response; alpaca: ### Instruction, ### Response).")
 _PPB = flags.DEFINE_integer("problems_per_batch", 4, "Problems prefilled and decoded together.")
 _SPC = flags.DEFINE_integer("slots_per_problem", 64, "Decode rows per problem; a row whose "
                             "sample ends takes the next of the N (all share one prefill).")

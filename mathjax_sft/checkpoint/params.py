@@ -33,7 +33,8 @@ PARAMS_SUBDIR = "params"
 CONFIG_NAME = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
-                   "generation_config.json", "added_tokens.json")
+                   "generation_config.json", "added_tokens.json",
+                   "prompt_format.json")   # data.templates.PROMPT_FORMAT_FILE: travels with them
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:

@@ -12,6 +12,8 @@ answer starts), followed by the tokenizer's EOS token.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 TEMPLATES = ("alpaca", "xwin", "chat")
@@ -22,13 +24,49 @@ ALPACA = ("Below is an instruction that describes a task. Write a response that 
 XWIN = ("A chat between a curious user and an artificial intelligence assistant. The assistant "
         "gives helpful, detailed, and polite answers to the user's questions. USER: {question} "
         "Give your solution in detail. In the end, write your final answer in the format of "
-        "'The answer is: <ANSWER>.'. ASSISTANT:")
+        "'The answer is: <ANSWER>.' ASSISTANT:")   # Xwin-Math eval/prompt/xwin-math.json
 
 # Text put between the prompt and the response (part of the response, so it carries loss).
 RESPONSE_PREFIX = {"alpaca": "", "xwin": " ", "chat": ""}
 
+# Text that ends a sample in this format: the model has started a new turn. Xwin-Math's own
+# evaluation stops on these (and their ":" forms, which they prefix); alpaca on its headers.
+STOP_STRINGS = {
+    "alpaca": ("### Instruction", "### Response"),
+    "xwin": ("</s>", "USER", "ASSISTANT", "Question", "Instruction", "Response"),
+    "chat": (),
+}
+
 # Whether the tokenizer should add its special tokens (BOS) itself: chat templates write them.
 ADD_SPECIAL_TOKENS = {"alpaca": True, "xwin": True, "chat": False}
+
+
+# The prompt format a model was fine-tuned with, written into its checkpoint directory (and
+# copied with the tokenizer files into an HF export and back), so the sampler can use it.
+PROMPT_FORMAT_FILE = "prompt_format.json"
+DEFAULT_TEMPLATE = "chat"   # for a checkpoint that records none (e.g. an instruct model from a hub)
+
+
+def save_prompt_format(directory: str | Path, template: str,
+                       system_prompt: str | None = None) -> Path:
+  check_template(template)
+  path = Path(directory) / PROMPT_FORMAT_FILE
+  path.write_text(json.dumps({"template": template, "system_prompt": system_prompt,
+                              "stop_strings": list(STOP_STRINGS[template])}, indent=2) + "\n")
+  return path
+
+
+def load_prompt_format(directory: str | Path) -> dict[str, Any] | None:
+  """The recorded prompt format of a checkpoint dir, or None when it records none."""
+  path = Path(directory) / PROMPT_FORMAT_FILE
+  if not path.is_file():
+    return None
+  try:
+    fmt = json.loads(path.read_text())
+    check_template(fmt["template"])
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{path}: not a prompt format record ({e})") from None
+  return fmt
 
 
 def check_template(template: str) -> None:

@@ -2,23 +2,26 @@
 
 Two extraction styles, chosen by the dataset name:
 
-* ``gsm8k``: the answer is a number. Looked for, in order: the last ``#### ...`` line, the last
-  ``\\boxed{...}``, the last "The answer is ...", else the last number anywhere in the text. The
+* ``gsm8k``: the answer is a number. Looked for, in Xwin-Math's order: the last ``#### ...`` line,
+  the last "The answer is ..." (a box inside it first; for "the answer is 20 * 35 = 750" the
+  result after the last ``=``), the last ``\\boxed{...}``, else the last number in the text. The
   result is a canonical number string (commas, ``$``, trailing ``.``, unit words and trailing zeros
   removed: ``"$1,000.50 dollars."`` -> ``"1000.5"``), or a fraction string (``3/4``,
   ``\\frac{3}{4}``) when the marked span holds a fraction rather than a plain number.
-* ``math``: the answer is LaTeX. The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced
-  braces; also ``\\boxed 5``), else the text after the last "The answer is". Returned stripped but
-  otherwise raw; graders normalise it with :func:`normalize_answer`.
+* ``math``: the answer is LaTeX. After the last "The answer is" (Xwin-Math's marker, also written
+  "The answer is:"): the box inside that line, else the line itself; without the marker the
+  content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces; also ``\\boxed 5``).
+  Returned stripped but otherwise raw; graders normalise it with :func:`normalize_answer`.
 
 Every extractor returns ``None`` when the text holds no answer.
 
 :func:`normalize_answer` maps an answer string to a canonical key: two answers with the same key
 are treated as the same answer (exact-match fast path of the grader, grouping for maj@k). It removes
 the known pitfalls that trip up math-verify: ``$`` / ``\\$``, ``\\%`` / ``%``, degree signs, unit
-words or ``\\text{...}`` units after a number, ``\\dfrac``/``\\tfrac``, ``\\left``/``\\right``,
-spacing commands, unicode minus signs, trailing periods, thousands separators, and it writes plain
-decimal numbers canonically (``-3.0`` -> ``-3``).
+words or ``\\text{...}`` units after an answer, ``\\dfrac``/``\\tfrac``, ``\\left``/``\\right``,
+spacing commands, unicode minus signs, trailing periods, thousands separators (``1,000``,
+MATH's ``15,\\!000``, ``1{,}000``, ``1\\,000``), and it writes plain decimal numbers canonically
+(``-3.0`` -> ``-3``).
 """
 
 from __future__ import annotations
@@ -147,6 +150,12 @@ def _strip_units(text: str) -> str:
   return text
 
 
+def _strip_trailing_text(text: str) -> str:
+  """``\\frac{68}{3}\\text{ pounds}`` / ``9\\text{ a.m.}`` -> the expression before the unit."""
+  match = re.fullmatch(r"(.*?[^\s{])\s*\\(?:text|mbox|mathrm)\{[^{}]*\}\s*(?:\^\s*\{?[23]\}?)?", text)
+  return match.group(1) if match else text
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def normalize_answer(answer: str) -> str:
   """Canonical key of an answer string; equal keys mean the same answer.
@@ -158,15 +167,21 @@ def normalize_answer(answer: str) -> str:
   s = answer.strip().translate(_MINUS_SIGNS)
   s = _strip_math_delimiters(s)
   s = s.replace("\\$", "").replace("$", "")
-  s = re.sub(r"\\(?:displaystyle|left|right)(?![A-Za-z])|\\[!,;:]", " ", s)
-  s = re.sub(r"\\ ", " ", s)
+  # thousands separators written in LaTeX: 15,\!000 (MATH's golds), 1{,}000, 1\,000
+  s = re.sub(r"(?<=\d),\s*\\!\s*(?=\d{3})", "", s)
+  s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
+  s = re.sub(r"(?<=\d)\\,(?=\d{3}(?!\d))", "", s)
+  s = re.sub(r"\\!", "", s)                       # negative thin space: never a separator
+  s = re.sub(r"\\(?:displaystyle|left|right)(?![A-Za-z])|\\[,;:]", " ", s)
+  s = re.sub(r"(?<!\\)\\ ", " ", s)            # "\ " (a space), not a "\\" row break
   s = re.sub(r"\\[dt]frac", r"\\frac", s)
   s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree", "", s)
   s = s.replace("\\%", "").replace("%", "")
   s = re.sub(r"\s+", " ", s).strip()
   s = re.sub(r"[.。]+$", "", s).strip()
-  s = _unwrap_text(s)
+  s = re.sub(r"[.。]+$", "", _unwrap_text(s)).strip()    # \text{4:30 p.m.} = 4:30 p.m.
   s = _strip_units(s)
+  s = _strip_trailing_text(s)
   number = canonical_number(s)
   if number is not None:
     return number
@@ -190,25 +205,33 @@ def number_or_fraction(span: str) -> str | None:
   return numbers[0] if numbers else None
 
 
+def _result_of(span: str) -> str:
+  """The result of an expression in an answer span: "20 * 35 = 750 cups" -> " 750 cups" (a span
+  with a box, or without ``=``, as it is)."""
+  if "=" not in span or last_boxed(span) is not None:
+    return span
+  return span.rsplit("=", 1)[1]
+
+
 def extract_gsm8k_answer(text: str) -> str | None:
   """Numeric answer of a GSM8K-style solution or model output; None if there is no number.
 
-  Order: last ``#### x`` line, last ``\\boxed{x}``, last "The answer is x", last number in the text.
+  Order (Xwin-Math's): last ``#### x`` line, last "The answer is x", last ``\\boxed{x}``, last
+  number in the text. In a marked span an expression with ``=`` is graded by its result.
   """
   marks = list(_GSM8K_MARK_RE.finditer(text))
   if marks:
-    line = text[marks[-1].end():].split("\n", 1)[0]
-    answer = number_or_fraction(line)
+    answer = number_or_fraction(_result_of(text[marks[-1].end():].split("\n", 1)[0]))
+    if answer is not None:
+      return answer
+  phrases = list(_ANSWER_IS_RE.finditer(text))
+  if phrases:
+    answer = number_or_fraction(_result_of(text[phrases[-1].end():].split("\n", 1)[0]))
     if answer is not None:
       return answer
   boxed = last_boxed(text)
   if boxed is not None:
     answer = number_or_fraction(boxed)
-    if answer is not None:
-      return answer
-  phrases = list(_ANSWER_IS_RE.finditer(text))
-  if phrases:
-    answer = number_or_fraction(text[phrases[-1].end():].split("\n", 1)[0])
     if answer is not None:
       return answer
   numbers = find_numbers(text)
@@ -218,20 +241,21 @@ def extract_gsm8k_answer(text: str) -> str | None:
 def extract_math_answer(text: str) -> str | None:
   """LaTeX answer of a MATH-style solution or model output; None if there is none.
 
-  The last balanced ``\\boxed{}``/``\\fbox{}``, else the rest of the line after the last "The answer
-  is" (surrounding ``$`` and a final period removed).
+  After the last "The answer is": the box in that line, else the line (surrounding ``$`` and a
+  final period removed); without the marker, the last balanced ``\\boxed{}``/``\\fbox{}``.
   """
-  boxed = last_boxed(text)
-  if boxed is not None:
-    return boxed
   phrases = list(_ANSWER_IS_RE.finditer(text))
   if phrases:
     span = text[phrases[-1].end():].split("\n", 1)[0].strip()
+    boxed = last_boxed(span)
+    if boxed is not None:
+      return boxed
     span = re.sub(r"[.。]\s*$", "", span).strip()
     span = _strip_math_delimiters(span)
     span = re.sub(r"[.。]\s*$", "", span).strip()
-    return span or None
-  return None
+    if span:
+      return span
+  return last_boxed(text)
 
 
 def extract_answer(text: str, dataset: str) -> str | None:

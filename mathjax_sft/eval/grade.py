@@ -14,7 +14,9 @@ Fast paths that never reach a worker (reason in parentheses):
 
 * no prediction (``None`` or empty after normalisation) -> False (``"no_answer"``);
 * equal :func:`answers.normalize_answer` keys -> True (``"exact"``);
-* both keys plain decimal numbers but different -> False (``"numeric"``; exact decimal compare).
+* both keys plain decimal numbers, written canonically (no thousands separator left that could
+  be a tuple's comma), but different -> False (``"numeric"``; exact decimal compare). Anything
+  less certain goes to math-verify: the fast path says "different" only when it is sure.
 
 Identical (gold, prediction) pairs are graded once per call, and results are cached across calls.
 """
@@ -59,8 +61,8 @@ def fast_grade(gold: str, pred: str | None) -> Grade | None:
   gold_key = answers.normalize_answer(gold)
   if pred_key == gold_key:
     return Grade(True, "exact")
-  if answers.canonical_number(gold_key) is not None and \
-      answers.canonical_number(pred_key) is not None:
+  if answers.canonical_number(gold_key) == gold_key and \
+      answers.canonical_number(pred_key) == pred_key:
     return Grade(False, "numeric")
   return None
 

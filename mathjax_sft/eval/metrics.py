@@ -11,18 +11,27 @@ Per problem with n samples of which c are correct:
 * pass@k = 1 - C(n-c, k) / C(n, k), the unbiased estimator of Chen et al. 2021 for every k <= n
   (the chance that k samples drawn without replacement include a correct one);
 * maj@k = whether the majority answer of the **first** k samples (in sample order; not an
-  expectation over random k-subsets) is correct. Answers are grouped by
+  expectation over random k-subsets) is correct. Answers are grouped by equivalence: a sample's
+  ``group`` (written by :func:`records.make_records`, which asks the grader whether two distinct
+  answers are the same, so ``0.5`` and ``\\frac{1}{2}`` vote together), else by
   :func:`answers.normalize_answer`; samples without an answer do not vote; among answers tied for
   the most votes the one whose first occurrence comes earliest wins; a group is correct if its
   first sample was graded correct; no answer at all among the k samples counts as wrong.
 
 Aggregates are means over problems. Curves run over k = 1..N with N the smallest n of any problem.
+
+Confidence: ``summary["ci95"]`` holds 95% percentile-bootstrap intervals (resampling problems
+with replacement, seeded, :data:`BOOTSTRAP_RESAMPLES` draws) for Pass@N, PassRatio@N and every
+pass@k. With 50 problems one problem is 2 points of Pass@N: the interval says how far a number
+may move with another draw of problems.
 """
 
 from __future__ import annotations
 
 import collections
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from mathjax_sft.eval import answers as answers_lib
 
@@ -58,23 +67,30 @@ def pass_at_k_curve(n: int, c: int) -> list[float]:
   return curve
 
 
-def maj_at_k_curve(answers: Sequence[str | None], correct: Sequence[bool]) -> list[bool]:
+def maj_at_k_curve(answers: Sequence[str | None], correct: Sequence[bool],
+                   groups: Sequence[int | None] | None = None) -> list[bool]:
   """``[maj@1, ..., maj@n]`` of one problem for the first-k prefixes of its samples.
 
   Args:
     answers: extracted answer per sample (None: no answer; does not vote).
     correct: grade per sample, same length.
+    groups: equivalence class per sample (None: no answer); default: normalised answer strings.
   Returns: list of n bools; entry k-1 is maj@k (tie rule in the module docstring).
   """
   if len(answers) != len(correct):
     raise ValueError(f"{len(answers)} answers but {len(correct)} grades")
+  if groups is not None:
+    answers = [None if g is None else f"group {g}" for g in groups]
+    keyed = True
+  else:
+    keyed = False
   counts: dict[str, int] = {}
   first_seen: dict[str, int] = {}
   group_correct: dict[str, bool] = {}
   leader: str | None = None
   curve = []
   for i, (answer, ok) in enumerate(zip(answers, correct)):
-    key = answers_lib.normalize_answer(answer) if answer is not None else ""
+    key = (answer if keyed else answers_lib.normalize_answer(answer)) if answer is not None else ""
     if key:
       if key not in counts:
         counts[key], first_seen[key], group_correct[key] = 0, i, bool(ok)
@@ -116,7 +132,9 @@ def problem_stats(record: Mapping[str, Any]) -> dict[str, Any]:
       "pass_ratio_at_n": c / n,
       "no_answer": sum(1 for a in answers if a is None),
       "pass_at_k": pass_at_k_curve(n, c),
-      "maj_at_k": [float(m) for m in maj_at_k_curve(answers, correct)],
+      "maj_at_k": [float(m) for m in maj_at_k_curve(
+          answers, correct, [s.get("group") for s in samples] if all(
+              "group" in s for s in samples) else None)],
   }
 
 
@@ -137,6 +155,34 @@ def _aggregate(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   }
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(per_problem: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+                 level: float = 0.95) -> np.ndarray:
+  """Percentile-bootstrap interval of the mean over problems: per_problem [P] or [P, K] ->
+  [2] or [2, K] (low, high)."""
+  values = np.asarray(per_problem, np.float64)
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, values.shape[0], (resamples, values.shape[0]))
+  means = values[idx].mean(axis=1)
+  alpha = (1.0 - level) / 2
+  return np.quantile(means, [alpha, 1.0 - alpha], axis=0)
+
+
+def _confidence(stats: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
+  n_min = min(s["n"] for s in stats)
+  r4 = lambda pair: [round(float(pair[0]), 4), round(float(pair[1]), 4)]
+  curves = bootstrap_ci(np.array([s["pass_at_k"][:n_min] for s in stats]), seed)
+  return {
+      "level": 0.95, "method": f"percentile bootstrap over problems, {BOOTSTRAP_RESAMPLES} "
+                                f"resamples, seed {seed}",
+      "pass_at_n": r4(bootstrap_ci(np.array([s["pass_at_n"] for s in stats]), seed)),
+      "pass_ratio_at_n": r4(bootstrap_ci(np.array([s["pass_ratio_at_n"] for s in stats]), seed)),
+      "pass_at_k": {str(k): r4(curves[:, k - 1]) for k in range(1, n_min + 1)},
+  }
+
+
 def summarize(records: Sequence[Mapping[str, Any]],
               breakdown_keys: Sequence[str] | None = None) -> dict[str, Any]:
   """JSON-serialisable summary of graded records.
@@ -148,6 +194,7 @@ def summarize(records: Sequence[Mapping[str, Any]],
   Returns:
     ``{"num_problems", "num_samples" (N = smallest n), "max_samples", "pass_at_n",
     "pass_ratio_at_n", "no_answer_rate", "pass_at_k": {"1": .., .., "N": ..}, "maj_at_k": {..},
+    "ci95": {"pass_at_n": [lo, hi], "pass_ratio_at_n": [lo, hi], "pass_at_k": {k: [lo, hi]}},
     "by": {meta_key: {str(value): <same fields, no "by"/"per_problem">}},
     "per_problem": [{"id", "n", "c"}]}``. Pass@N and PassRatio@N use each problem's own n.
   """
@@ -155,6 +202,7 @@ def summarize(records: Sequence[Mapping[str, Any]],
     raise ValueError("no records to summarize")
   stats = [problem_stats(r) for r in records]
   summary = _aggregate(stats)
+  summary["ci95"] = _confidence(stats)
   if breakdown_keys is None:
     found: dict[str, None] = {}
     for r in records:

@@ -42,7 +42,8 @@ def _curve(mapping: Mapping[str, float]) -> tuple[list[int], list[float]]:
 
 
 def plot_pass_at_k(summaries: Summary | Labelled, path: str | Path, title: str = "") -> Path:
-  """pass@k (solid) and maj@k (dashed) in percent against k, log-2 x axis; one pair per summary.
+  """pass@k (solid, with its 95% bootstrap band when the summary has one) and maj@k (dashed) in
+  percent against k, log-2 x axis; one pair per summary.
 
   Args:
     summaries: one summary, or ``[(label, summary), ...]`` to compare runs.
@@ -55,6 +56,11 @@ def plot_pass_at_k(summaries: Summary | Labelled, path: str | Path, title: str =
     ks, values = _curve(summary["pass_at_k"])
     line, = ax.plot(ks, values, marker="o" if len(ks) <= 16 else None, ms=3,
                     label=f"{prefix}pass@k")
+    band = (summary.get("ci95") or {}).get("pass_at_k")
+    if band:     # 95% bootstrap interval over problems
+      ax.fill_between(ks, [100.0 * band[str(k)][0] for k in ks],
+                      [100.0 * band[str(k)][1] for k in ks], color=line.get_color(), alpha=0.15,
+                      linewidth=0, label=f"{prefix}pass@k 95% CI")
     if summary.get("maj_at_k"):
       ks, values = _curve(summary["maj_at_k"])
       ax.plot(ks, values, linestyle="--", color=line.get_color(), label=f"{prefix}maj@k")

@@ -4,7 +4,12 @@
 :func:`mathjax_sft.eval.metrics.summarize`)::
 
   {"id": str, "dataset": "gsm8k"|"math", "gold": str, "meta": {...},
-   "samples": [{"text": str, "answer": str | None, "correct": bool, "reason": str}, ...]}
+   "samples": [{"text": str, "answer": str | None, "correct": bool, "reason": str,
+                "group": int | None}, ...]}
+
+``group`` numbers the equivalence classes of a problem's answers (None: no answer), for maj@k:
+distinct normalised answers are compared by the grader (math-verify), each against the
+representatives found so far, so ``0.5`` and ``\\frac{1}{2}`` share a group.
 """
 
 from __future__ import annotations
@@ -45,7 +50,30 @@ def make_records(problems: Sequence[Problem], completions: Sequence[Sequence[str
                                    dataset)
     for (_, sample), grade in zip(flat, grades):
       sample["correct"], sample["reason"] = grade.correct, grade.reason
+  for record in records:
+    assign_groups(record["samples"], record["dataset"], grader)
   return records
+
+
+def assign_groups(samples: list[dict[str, Any]], dataset: str, grader: Grader) -> None:
+  """Sets each sample's ``group``: equal normalised answers share one; a new answer joins the
+  first representative the grader calls equivalent to it, else starts a group."""
+  reps: list[str] = []                    # one answer per group, in order of first appearance
+  by_key: dict[str, int] = {}
+  for sample in samples:
+    answer = sample.get("answer")
+    key = answers.normalize_answer(answer) if answer is not None else ""
+    if not key:
+      sample["group"] = None
+      continue
+    if key not in by_key:
+      same = grader.grade(reps, [answer] * len(reps), dataset) if reps else []
+      hit = next((g for g, ok in enumerate(same) if ok), None)
+      if hit is None:
+        reps.append(answer)
+        hit = len(reps) - 1
+      by_key[key] = hit
+    sample["group"] = by_key[key]
 
 
 def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

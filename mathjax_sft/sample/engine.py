@@ -239,11 +239,15 @@ class Engine:
           [jnp.full((B, width - 1), -1, jnp.int32), ftok[:, None]], axis=1), st["window"])
       fstop = need & has & stops(ftok, window)            # a sample that is empty: done at once
       live = need & has & ~fstop
+      # with a budget of one token the first token completes the sample (out_len stays
+      # max_new = 1, unfinished): the row takes new work at once instead of decoding a second
+      # token over the first
+      full = live if max_new == 1 else jnp.zeros_like(live)
       drop = P * N                                         # out-of-range index: write nothing
       st = dict(st, j=j, window=window,
                 next_j=st["next_j"] + jnp.sum(need.reshape(P, S), axis=1),
                 tok=jnp.where(need, ftok, st["tok"]), n=jnp.where(need, 1, st["n"]),
-                active=jnp.where(need, live, st["active"]), pending=fstop,
+                active=jnp.where(need, live & ~full, st["active"]), pending=fstop | full,
                 out=st["out"].at[jnp.where(live, gidx, drop), 0].set(ftok, mode="drop"),
                 out_len=st["out_len"].at[jnp.where(fstop, gidx, drop)].set(0, mode="drop"),
                 out_fin=st["out_fin"].at[jnp.where(fstop, gidx, drop)].set(True, mode="drop"))

@@ -55,9 +55,9 @@ class SampleRunConfig:
   top_k: int = 0
   max_new_tokens: int = 512
   seed: int = 0
-  template: str = "chat"
+  template: str | None = None        # None: the checkpoint's prompt_format.json, else "chat"
   system_prompt: str | None = None
-  stop_strings: tuple[str, ...] = ()
+  stop_strings: tuple[str, ...] = ()   # besides the template's own (templates.STOP_STRINGS)
   problems_per_batch: int = 4
   slots_per_problem: int = 64
   compute_dtype: str = "float32"
@@ -67,10 +67,37 @@ class SampleRunConfig:
   grade_timeout_s: float = 10.0
 
   def __post_init__(self):
-    templates.check_template(self.template)
+    if self.template is not None:
+      templates.check_template(self.template)
     if self.num_samples <= 0:
       raise ValueError(f"num_samples must be positive, got {self.num_samples}")
     SamplingParams(self.temperature, self.top_p, self.top_k)   # validates
+
+  @property
+  def all_stop_strings(self) -> tuple[str, ...]:
+    """The template's stop strings, then the extra ones (each once)."""
+    return tuple(dict.fromkeys(templates.STOP_STRINGS[self.template or templates.DEFAULT_TEMPLATE]
+                               + tuple(self.stop_strings)))
+
+  def with_checkpoint_format(self) -> "SampleRunConfig":
+    """The template / system prompt the checkpoint was fine-tuned with, where these are unset;
+    a set template that contradicts the checkpoint's is kept, with a warning naming both."""
+    fmt = templates.load_prompt_format(self.checkpoint)
+    if fmt is None:
+      if self.template is None:
+        log.info("%s records no prompt format: using template %r", self.checkpoint,
+                 templates.DEFAULT_TEMPLATE)
+      return dataclasses.replace(self, template=self.template or templates.DEFAULT_TEMPLATE)
+    source = Path(self.checkpoint) / templates.PROMPT_FORMAT_FILE
+    if self.template is None:
+      log.info("prompt format from %s: template %r", source, fmt["template"])
+      system = self.system_prompt if self.system_prompt is not None else fmt.get("system_prompt")
+      return dataclasses.replace(self, template=fmt["template"], system_prompt=system)
+    if self.template != fmt["template"]:
+      log.warning("--template=%s, but %s says the model was fine-tuned with template %r: "
+                  "sampling in another format than it learned", self.template, source,
+                  fmt["template"])
+    return self
 
   def settings(self) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
@@ -129,6 +156,7 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   """Samples, grades and summarises; returns the summary (also written to summary.json)."""
   from transformers import AutoTokenizer
   start = time.perf_counter()
+  cfg = cfg.with_checkpoint_format()
   out_dir = Path(cfg.output_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   settings = cfg.settings()
@@ -149,7 +177,7 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
     overrides["param_dtype"] = cfg.param_dtype
   params, model_cfg = ckpt.load_params(cfg.checkpoint, mesh=mesh, **overrides)
   stop_seqs = tuple(tuple(tokenizer(s, add_special_tokens=False)["input_ids"])
-                    for s in cfg.stop_strings)
+                    for s in cfg.all_stop_strings)
   engine = Engine(params, model_cfg, EngineConfig(
       max_new_tokens=cfg.max_new_tokens, problems_per_batch=cfg.problems_per_batch,
       slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh, donate=True)
@@ -171,7 +199,8 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
         continue
       samples = engine.generate(prompt_ids[b0:b0 + P], [p.id for p in batch], cfg.num_samples,
                                 sampling, cfg.seed)
-      texts = [[truncate_at_stop(tokenizer.decode(t, skip_special_tokens=True), cfg.stop_strings)
+      texts = [[truncate_at_stop(tokenizer.decode(t, skip_special_tokens=True),
+                                 cfg.all_stop_strings)
                 for t in s.tokens] for s in samples]
       recs = records_lib.make_records(batch, texts, grader)
       for i, (problem, rec, s) in enumerate(zip(batch, recs, samples)):

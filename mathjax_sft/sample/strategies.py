@@ -49,9 +49,11 @@ def _weights(logits: jax.Array, temperature, top_p, top_k, filtered: bool):
   order = jnp.argsort(-z, axis=-1)                                       # [b, v] descending
   w = jnp.exp(jnp.take_along_axis(z, order, axis=-1))
   rank = jnp.arange(z.shape[-1])[None, :]
-  keep = (top_k <= 0) | (rank < top_k)
+  # top-k first, then top-p over the renormalised top-k (transformers' and vLLM's order):
+  # probabilities .5/.3/.15/.05, k=2, p=.55 keep one token (.5/.8 = .625 >= .55), not two
+  w = jnp.where((top_k <= 0) | (rank < top_k), w, 0.0)
   probs = w / jnp.sum(w, axis=-1, keepdims=True)
-  keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p                  # always keeps the top
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p                   # always keeps the top
   return jnp.where(keep, w, 0.0), order
 
 

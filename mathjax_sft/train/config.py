@@ -91,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
 def xwin_math_recipe() -> ml_collections.ConfigDict:
   """The Xwin-Math SFT recipe shared by the LLaMA-2 configs (configs/sft_llama2_*.py), which add
   the model, learning rate, mesh and checkpoint cadence: GSM8K + MATH chain-of-thought rows, real
-  and synthesized, Alpaca prompts, 3 epochs, 3% linear warmup then cosine decay, bf16 compute
+  and synthesized, Xwin-Math's own prompt format (template "xwin"), 3 epochs, 3% linear warmup then cosine decay, bf16 compute
   with f32 master weights, scan + remat. The global batch (256 x 2048 packed tokens) is our
   reading of the recipe: check it against the paper's appendix before a reproduction run."""
   c = default_config()
@@ -99,7 +99,7 @@ def xwin_math_recipe() -> ml_collections.ConfigDict:
   c.train_files = ("data:gsm8k/train.jsonl,data:math/train.jsonl,"
                    "runs/synth_gsm8k/rows.jsonl,runs/synth_math/rows.jsonl")
   c.export_hf = True            # final_hf/: safetensors for transformers / vLLM evaluation
-  c.template = "alpaca"
+  c.template = "xwin"           # the paper's format (Xwin-Math eval/prompt/xwin-math.json)
   c.seq_len = 2048
   c.batch_size = 256
   c.grad_accum_steps = 1

@@ -24,7 +24,7 @@ import numpy as np
 from mathjax_sft import distributed
 from mathjax_sft.checkpoint import params as params_ckpt
 from mathjax_sft.checkpoint.train_state import TrainCheckpointer
-from mathjax_sft.data import pipeline
+from mathjax_sft.data import pipeline, templates
 from mathjax_sft.data.dataset import SftData, load_sft_data
 from mathjax_sft.data.tokenize import load_tokenizer
 from mathjax_sft.model import llama
@@ -280,6 +280,7 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   export_dir = hf_dir = None
   if c.export_final and stop_reason != "preempted" and step > start_step:
     export_dir = str(export_params(out_dir / FINAL_SUBDIR, state.params, cfg, tokenizer))
+    record_prompt_format(Path(export_dir), c)
     if c.export_hf:
       hf_dir = export_hf(export_dir, out_dir / HF_SUBDIR, c.export_hf_shard_gib, c.progress_bar)
   ckpt.close()
@@ -319,6 +320,12 @@ def export_params(out_dir: Path, params: llama.Params, cfg, tokenizer) -> Path:
   if distributed.is_main_process():
     tokenizer.save_pretrained(str(out_dir))
   return out_dir
+
+
+def record_prompt_format(out_dir: Path, c) -> None:
+  """The template the model was trained with, for tools/sample.py (prompt_format.json)."""
+  if distributed.is_main_process():
+    templates.save_prompt_format(out_dir, c.template, _system_prompt(c))
 
 
 def export_hf(checkpoint_dir: str, hf_dir: Path, shard_gib: float, progress: bool) -> str | None:

@@ -106,3 +106,43 @@ def test_summarize_uneven_sample_counts():
   assert s["pass_ratio_at_n"] == pytest.approx((0.5 + 0.25) / 2)
   with pytest.raises(ValueError):
     metrics.summarize([])
+
+
+def test_summary_has_seeded_bootstrap_intervals():
+  """95% intervals over problems: they contain the estimate, shrink with more problems, are
+  the same for the same records, and collapse to a point when every problem agrees."""
+  from mathjax_sft.eval import metrics as m
+  def recs(pattern):
+    return [{"id": str(i), "samples": [{"correct": bool(c), "answer": str(c)} for c in row]}
+            for i, row in enumerate(pattern)]
+  small = recs([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]] * 3)
+  big = recs([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]] * 30)
+  s, b = m.summarize(small), m.summarize(big)
+  for key in ("pass_at_n", "pass_ratio_at_n"):
+    lo, hi = s["ci95"][key]
+    assert lo <= s[key] <= hi and lo < hi
+    blo, bhi = b["ci95"][key]
+    assert bhi - blo < (hi - lo) * 0.6
+  lo, hi = s["ci95"]["pass_at_k"]["2"]
+  assert lo <= s["pass_at_k"]["2"] <= hi
+  assert m.summarize(small)["ci95"] == s["ci95"]
+  same = m.summarize(recs([[1, 0]] * 10))
+  assert same["ci95"]["pass_ratio_at_n"] == [0.5, 0.5]
+
+
+def test_maj_at_k_votes_by_equivalence(grader):
+  """0.5, \\frac{1}{2} and 1/2 are one answer (3 votes), so they beat 0.3 (2 votes)."""
+  from mathjax_sft.eval import metrics as m
+  from mathjax_sft.eval.problems import Problem
+  from mathjax_sft.eval.records import make_records
+  texts = ["\\boxed{0.3}", "\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{0.3}", "\\boxed{1/2}",
+           "no answer here"]
+  problem = Problem(id="p", question="q", gold="\\frac{1}{2}", dataset="math", meta={})
+  record = make_records([problem], [texts], grader)[0]
+  assert [s["group"] for s in record["samples"]] == [0, 1, 1, 0, 1, None]
+  stats = m.problem_stats(record)
+  assert stats["maj_at_k"][4] == 1.0           # maj@5: the 1/2 group has 3 of 5 votes
+  assert stats["maj_at_k"][0] == 0.0           # maj@1: 0.3
+  by_string = m.maj_at_k_curve([s["answer"] for s in record["samples"]],
+                               [s["correct"] for s in record["samples"]])
+  assert by_string[4] is False                 # strings alone: 0.3 (2) vs three singletons

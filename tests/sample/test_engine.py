@@ -211,3 +211,52 @@ def test_engine_holds_one_copy_of_the_weights(mesh_shape):
     assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)
   got = engine.generate([[5, 6, 7], [8, 9]], ["a", "b"], 3, sampling)
   assert [s.tokens for s in got] == [s.tokens for s in want]
+
+
+def test_filters_equal_transformers_logits_processors():
+  """temperature, then top-k, then top-p over the renormalised top-k: the tokens our weights
+  keep (and their probabilities) equal transformers' TemperatureLogitsWarper ->
+  TopKLogitsWarper -> TopPLogitsWarper on the same logits."""
+  import torch
+  from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                      TopPLogitsWarper)
+  from mathjax_sft.sample.strategies import _weights
+  # the issue's example: .5/.3/.15/.05 with k=2, p=.55 keeps 1 token (transformers, vLLM)
+  example = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  w, _ = _weights(example, 1.0, 0.55, 2, True)
+  assert int((np.asarray(w) > 0).sum()) == 1
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(16, 300)).astype(np.float32) * 3
+  for temperature, top_k, top_p in [(0.7, 0, 0.9), (1.0, 20, 1.0), (1.3, 50, 0.8), (0.5, 5, 0.3)]:
+    scores = torch.tensor(logits)
+    scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+      scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+      scores = TopPLogitsWarper(top_p)(None, scores)
+    want = torch.softmax(scores, -1).numpy()
+    w, order = _weights(jnp.asarray(logits), temperature, top_p, top_k, True)
+    ours = np.zeros_like(want)
+    np.put_along_axis(ours, np.asarray(order), np.asarray(w), axis=-1)
+    ours /= ours.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(ours > 0, want > 0, err_msg=str((temperature, top_k, top_p)))
+    np.testing.assert_allclose(ours, want, atol=1e-6)
+
+
+def test_one_token_budget_keeps_the_first_token(tiny):
+  """max_new_tokens=1: each sample is exactly its first token (the one a longer budget starts
+  with), not a second token written over it."""
+  cfg, params, prompts = tiny
+  sampling = SamplingParams(0.9)
+  longer = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=2,
+                                            slots_per_problem=2))
+  want = longer.generate(prompts[:2], ["a", "b"], 5, sampling, seed=3)
+  one = Engine(params, cfg, EngineConfig(max_new_tokens=1, problems_per_batch=2,
+                                         slots_per_problem=2))
+  got = one.generate(prompts[:2], ["a", "b"], 5, sampling, seed=3)
+  for g, w in zip(got, want):
+    for tokens, finished, full in zip(g.tokens, g.finished, w.tokens):
+      if finished:          # the first token was a stop token: an empty sample
+        assert tokens == [] and full == []
+      else:
+        assert tokens == full[:1]

@@ -71,3 +71,32 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(byte_tokenizer, tm
   # the run resumes from the good checkpoint (and fails again at step 2 with this learning rate)
   with pytest.raises(NonFiniteLossError, match="at step 2"):
     train(c)
+
+
+def test_trained_prompt_format_travels_with_the_model(byte_tokenizer, tmp_path, caplog):
+  """A model fine-tuned with the xwin template records it (prompt_format.json) in its final
+  checkpoint and its HF export; the sampler uses it by default and warns on a contradicting
+  --template, naming both."""
+  import logging
+  from mathjax_sft.convert import api as convert_api
+  from mathjax_sft.data import templates
+  from mathjax_sft.sample.run import SampleRunConfig
+  data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(8))
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", max_steps=1, seq_len=512,
+                          batch_size=2, template="xwin", export_final=True)
+  result = train(c)
+  fmt = templates.load_prompt_format(result.export_dir)
+  assert fmt == {"template": "xwin", "system_prompt": None,
+                 "stop_strings": list(templates.STOP_STRINGS["xwin"])}
+  convert_api.export_checkpoint(result.export_dir, tmp_path / "hf", show_progress=False)
+  assert templates.load_prompt_format(tmp_path / "hf") == fmt
+  base = dict(checkpoint=result.export_dir, dataset="gsm8k", output_dir=str(tmp_path / "s"))
+  resolved = SampleRunConfig(**base).with_checkpoint_format()
+  assert resolved.template == "xwin" and "USER" in resolved.all_stop_strings
+  with caplog.at_level(logging.WARNING, logger="mathjax_sft.sample.run"):
+    kept = SampleRunConfig(**base, template="alpaca").with_checkpoint_format()
+  assert kept.template == "alpaca"
+  assert "--template=alpaca" in caplog.text and "'xwin'" in caplog.text
+  # a checkpoint that records nothing samples with the default chat template
+  plain = SampleRunConfig(**dict(base, checkpoint=str(tmp_path))).with_checkpoint_format()
+  assert plain.template == templates.DEFAULT_TEMPLATE

@@ -1,0 +1,51 @@
+"""Regrade an existing sampling run with the current answer extraction and grader.
+
+  python tools/grade.py --samples=runs/gsm8k50-n64            # a tools/sample.py --output_dir
+  python tools/grade.py --samples=runs/gsm8k50-n64/samples.jsonl
+
+Writes, next to the samples: `summary.regraded.json` (the summary as tools/sample.py writes it,
+from the new verdicts, with a `regraded` section of counts) and `regrade_diff.json` (every
+sample whose verdict changed: problem id, sample index, old / new answer and verdict, the end of
+its text). The samples files and the old summary.json are left as they are. The gold answers are
+the ones recorded with the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from absl import app, flags  # noqa: E402
+
+_SAMPLES = flags.DEFINE_string("samples", None, "A tools/sample.py output directory (every "
+                               "samples*.jsonl in it) or one samples JSONL file.", required=True)
+_WORKERS = flags.DEFINE_integer("grader_workers", 2, "math-verify worker processes.")
+_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer (s).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from mathjax_sft.eval.regrade import (REGRADE_DIFF, REGRADED_SUMMARY,  # pylint: disable=import-outside-toplevel
+                                        regrade_dir)
+  try:
+    result = regrade_dir(_SAMPLES.value, _WORKERS.value, _TIMEOUT.value)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"grade: {e}", file=sys.stderr)
+    sys.exit(2)
+  diff, summary = result["diff"], result["summary"]
+  print(json.dumps({k: diff[k] for k in ("samples", "changed", "wrong_to_right", "right_to_wrong",
+                                          "answer_changed")}))
+  before = diff.get("before") or {}
+  print(f"Pass@N {before.get('pass_at_n')} -> {summary['pass_at_n']:.4f}, PassRatio@N "
+        f"{before.get('pass_ratio_at_n')} -> {summary['pass_ratio_at_n']:.4f} "
+        f"(95% CI {summary['ci95']['pass_ratio_at_n']})")
+  print(f"wrote {Path(result['out_dir']) / REGRADED_SUMMARY} and "
+        f"{Path(result['out_dir']) / REGRADE_DIFF}")
+
+
+if __name__ == "__main__":
+  app.run(main)
