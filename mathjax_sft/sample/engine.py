@@ -14,8 +14,8 @@ problems or samples share its batch.
 Shapes are bucketed (prompt length to a power of two, rows fixed by the config), so a run
 compiles a handful of programs; `Engine.compiled_shapes` lists them.
 
-Memory: the engine holds one copy of the weights, in its decode layout (per-layer, q/k/v and
-gate/up fused when `tensor` is 1). `prepare_params` builds it one tensor at a time; with
+Memory: the engine holds one copy of the weights, in its decode layout (per-layer; q/k/v and
+gate/up concatenated when `tensor` is 1, gate/up stacked as [2, embed, mlp] otherwise). `prepare_params` builds it one tensor at a time; with
 `donate=True` each stacked input buffer is freed as soon as its slices exist, so the peak is the
 weights plus one stacked tensor, not twice the weights. Under a mesh, decode rows, prompts and
 KV caches are sharded by the rule table's `batch` / `cache_*` axes (traced under
@@ -146,7 +146,7 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
 class Engine:
   """Holds params (decode layout, see `prepare_params`) and jitted prefill/decode programs.
 
-  `params=None` builds the programs only (for ahead-of-time compilation: `programs`)."""
+  `params=None` builds the programs only (ahead-of-time compilation: `aot.check_sample`)."""
 
   def __init__(self, params: llama.Params | None, cfg: ModelConfig, engine_cfg: EngineConfig,
                mesh: Mesh | None = None, donate: bool = False):
