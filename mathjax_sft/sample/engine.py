@@ -143,6 +143,25 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
   return dict(params, layers=fused)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+  """What the decode loop carries from step to step: B = P x S rows serving P problems x N
+  samples (sample g = problem * N + j)."""
+  step: jax.Array               # int32 []: decode steps taken
+  cache: llama.KVCache          # the rows' own generated keys / values (the prompt is a Prefix)
+  j: jax.Array                  # int32 [B]: the sample a row draws (>= N: the row is idle)
+  next_j: jax.Array             # int32 [P]: each problem's next sample not yet given to a row
+  tok: jax.Array                # int32 [B]: each row's last token, the next step's input
+  n: jax.Array                  # int32 [B]: tokens the row's sample has so far
+  active: jax.Array             # bool [B]: the row is decoding a sample
+  pending: jax.Array            # bool [B]: its sample ended when assigned: take new work next
+  window: jax.Array             # int32 [B, width]: the row's last tokens (stop sequences)
+  out: jax.Array                # int32 [P * N, max_new]: every sample's tokens
+  out_len: jax.Array            # int32 [P * N]: sample lengths (stop token excluded)
+  out_fin: jax.Array            # bool [P * N]: ended by a stop token (else by the budget)
+
+
 class Engine:
   """Holds params (decode layout, see `prepare_params`) and jitted prefill/decode programs.
 
@@ -230,13 +249,13 @@ class Engine:
     def assign(need, st):
       """Rows in `need` take their problem's next pending samples (or go idle)."""
       rank = jnp.cumsum(need.reshape(P, S), axis=1) - 1
-      new_j = (st["next_j"][:, None] + rank).reshape(B)
-      j = jnp.where(need, new_j, st["j"])
+      new_j = (st.next_j[:, None] + rank).reshape(B)
+      j = jnp.where(need, new_j, st.j)
       has = j < N
       gidx = row_problem * N + jnp.minimum(j, N - 1)
       ftok = first.reshape(P * N)[gidx]
       window = jnp.where(need[:, None], jnp.concatenate(
-          [jnp.full((B, width - 1), -1, jnp.int32), ftok[:, None]], axis=1), st["window"])
+          [jnp.full((B, width - 1), -1, jnp.int32), ftok[:, None]], axis=1), st.window)
       fstop = need & has & stops(ftok, window)            # a sample that is empty: done at once
       live = need & has & ~fstop
       # with a budget of one token the first token completes the sample (out_len stays
@@ -244,58 +263,57 @@ class Engine:
       # token over the first
       full = live if max_new == 1 else jnp.zeros_like(live)
       drop = P * N                                         # out-of-range index: write nothing
-      st = dict(st, j=j, window=window,
-                next_j=st["next_j"] + jnp.sum(need.reshape(P, S), axis=1),
-                tok=jnp.where(need, ftok, st["tok"]), n=jnp.where(need, 1, st["n"]),
-                active=jnp.where(need, live & ~full, st["active"]), pending=fstop | full,
-                out=st["out"].at[jnp.where(live, gidx, drop), 0].set(ftok, mode="drop"),
-                out_len=st["out_len"].at[jnp.where(fstop, gidx, drop)].set(0, mode="drop"),
-                out_fin=st["out_fin"].at[jnp.where(fstop, gidx, drop)].set(True, mode="drop"))
-      cache = st["cache"]
-      st["cache"] = llama.KVCache(k=cache.k, v=cache.v, valid=cache.valid & ~need[:, None],
-                                  index=cache.index)
+      st = dataclasses.replace(
+          st, j=j, window=window,
+          next_j=st.next_j + jnp.sum(need.reshape(P, S), axis=1),
+          tok=jnp.where(need, ftok, st.tok), n=jnp.where(need, 1, st.n),
+          active=jnp.where(need, live & ~full, st.active), pending=fstop | full,
+          out=st.out.at[jnp.where(live, gidx, drop), 0].set(ftok, mode="drop"),
+          out_len=st.out_len.at[jnp.where(fstop, gidx, drop)].set(0, mode="drop"),
+          out_fin=st.out_fin.at[jnp.where(fstop, gidx, drop)].set(True, mode="drop"),
+          cache=dataclasses.replace(st.cache, valid=st.cache.valid & ~need[:, None]))
       return st
 
     cache = llama.init_cache(cfg, B, max_new, stacked=False, dtype=cfg.compute_dtype)
-    st = dict(step=jnp.zeros((), jnp.int32), cache=cache,
-              j=jnp.full((B,), -1, jnp.int32), next_j=jnp.zeros((P,), jnp.int32),
-              tok=jnp.zeros((B,), jnp.int32), n=jnp.zeros((B,), jnp.int32),
-              active=jnp.zeros((B,), bool), pending=jnp.zeros((B,), bool),
-              window=jnp.full((B, width), -1, jnp.int32),
-              out=jnp.zeros((P * N, max_new), jnp.int32),
-              out_len=jnp.full((P * N,), max_new, jnp.int32),
-              out_fin=jnp.zeros((P * N,), bool))
+    st = DecodeState(step=jnp.zeros((), jnp.int32), cache=cache,
+                     j=jnp.full((B,), -1, jnp.int32), next_j=jnp.zeros((P,), jnp.int32),
+                     tok=jnp.zeros((B,), jnp.int32), n=jnp.zeros((B,), jnp.int32),
+                     active=jnp.zeros((B,), bool), pending=jnp.zeros((B,), bool),
+                     window=jnp.full((B, width), -1, jnp.int32),
+                     out=jnp.zeros((P * N, max_new), jnp.int32),
+                     out_len=jnp.full((P * N,), max_new, jnp.int32),
+                     out_fin=jnp.zeros((P * N,), bool))
     st = assign(jnp.ones((B,), bool), st)
     step_cap = (-(-N // S) + 1) * max_new + 1
 
     def cond(st):
-      return jnp.any(st["active"] | st["pending"]) & (st["step"] < step_cap)
+      return jnp.any(st.active | st.pending) & (st.step < step_cap)
 
     def body(st):
-      n, active = st["n"], st["active"]
-      logits, cache = llama.forward(params, cfg, st["tok"][:, None], (row_len + n - 1)[:, None],
-                                    cache=st["cache"], prefix=prefix,
+      n, active = st.n, st.active
+      logits, cache = llama.forward(params, cfg, st.tok[:, None], (row_len + n - 1)[:, None],
+                                    cache=st.cache, prefix=prefix,
                                     cache_read_buckets=ecfg.cache_read_buckets)
-      gidx = row_problem * N + jnp.clip(st["j"], 0, N - 1)
+      gidx = row_problem * N + jnp.clip(st.j, 0, N - 1)
       u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(flat_keys[gidx], n)
       nxt = sample_tokens(logits[:, 0], u, temperature, top_p, top_k, filtered)
-      window = jnp.concatenate([st["window"][:, 1:], nxt[:, None]], axis=1)
+      window = jnp.concatenate([st.window[:, 1:], nxt[:, None]], axis=1)
       hit = active & stops(nxt, window)
       write = active & ~hit
       full = write & (n + 1 >= max_new)
       drop = P * N
-      out = st["out"].at[jnp.where(write, gidx, drop), jnp.minimum(n, max_new - 1)].set(
+      out = st.out.at[jnp.where(write, gidx, drop), jnp.minimum(n, max_new - 1)].set(
           nxt, mode="drop")
       ended = hit | full
-      out_len = st["out_len"].at[jnp.where(ended, gidx, drop)].set(jnp.where(hit, n, max_new),
+      out_len = st.out_len.at[jnp.where(ended, gidx, drop)].set(jnp.where(hit, n, max_new),
                                                                    mode="drop")
-      out_fin = st["out_fin"].at[jnp.where(ended, gidx, drop)].set(hit, mode="drop")
-      st = dict(st, step=st["step"] + 1, cache=cache, tok=nxt, n=n + 1, window=window, out=out,
-                out_len=out_len, out_fin=out_fin)
-      return assign(ended | st["pending"], st)
+      out_fin = st.out_fin.at[jnp.where(ended, gidx, drop)].set(hit, mode="drop")
+      st = dataclasses.replace(st, step=st.step + 1, cache=cache, tok=nxt, n=n + 1,
+                               window=window, out=out, out_len=out_len, out_fin=out_fin)
+      return assign(ended | st.pending, st)
 
     st = jax.lax.while_loop(cond, body, st)
-    return st["out"], st["out_len"], st["out_fin"], st["step"]
+    return st.out, st.out_len, st.out_fin, st.step
 
   # ---- host side ----------------------------------------------------------------------------
   def _shard_batch(self, x):
