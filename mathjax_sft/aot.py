@@ -23,7 +23,6 @@ import numpy as np
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sample import engine as engine_lib
-from mathjax_sft.sample.benchmark import decode_flops
 from mathjax_sft.sharding import mesh as mesh_lib
 from mathjax_sft.sharding import rules as sharding_rules
 from mathjax_sft.train import optimizer as optimizer_lib
@@ -178,48 +177,38 @@ def _sds(shape, dtype, mesh, axes):
 def check_sample(cfg: ModelConfig, tgt: Target, mesh_shape: Sequence[int] | None,
                  ecfg: engine_lib.EngineConfig, num_samples: int,
                  prompt_len: int) -> list[ProgramReport]:
-  """Prefill and decode of one batch of `ecfg.problems_per_batch` problems x `num_samples`, on
-  the first host's devices (the sampler runs one engine per host; `mesh_shape` over those
-  devices, or None: one device)."""
+  """The sampler's two programs on the first host's devices (it runs one engine per host;
+  `mesh_shape` over those devices, or None: one device): prefill of one prompt into the prompt
+  pool, and one decode chunk of the row pool (`ecfg.rows`, default N rows)."""
   devices = tgt.host_devices if mesh_shape else tgt.host_devices[:1]
   mesh = mesh_lib.make_mesh(mesh_shape or (1, 1, 1), devices=devices)
   engine_mesh = mesh if mesh_shape else None
   engine = engine_lib.Engine(None, cfg, ecfg, mesh=engine_mesh)
-  shardings = engine_lib.engine_param_shardings(cfg, mesh)
-  abstract = jax.eval_shape(lambda p: engine_lib._relayout(p, engine_lib.fuses(engine_mesh)),
-                            llama.abstract_params(cfg))
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-  P, T = ecfg.problems_per_batch, engine_lib.prompt_bucket(prompt_len)
-  S = min(ecfg.slots_per_problem, num_samples)
-  tokens = _sds((P, T), jnp.int32, engine_mesh, ("batch", None))
-  lengths = _sds((P,), jnp.int32, engine_mesh, ("batch",))
-  settings = {"num_samples": num_samples, "problems_per_batch": P, "slots_per_problem": S,
-              "decode_rows": P * S, "prompt_bucket": T, "max_new_tokens": ecfg.max_new_tokens,
-              "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
-              "params": cfg.num_params()}
+                        engine_lib.abstract_engine_params(cfg, engine_mesh),
+                        engine_lib.engine_param_shardings(cfg, mesh))
+  rows = ecfg.rows or num_samples
+  slots = ecfg.prefix_slots or engine_lib.default_slots(rows, num_samples)
+  T = engine_lib.pool_width(prompt_len)
+  pool, state, queue, kill = engine.specs(rows, slots, T, num_samples)
+  settings = {"num_samples": num_samples, "decode_rows": rows, "prefix_slots": slots,
+              "pool_width": T, "max_new_tokens": ecfg.max_new_tokens,
+              "chunk_steps": ecfg.chunk_steps, "param_dtype": cfg.param_dtype,
+              "compute_dtype": cfg.compute_dtype, "params": cfg.num_params()}
+  i32 = jax.ShapeDtypeStruct((), jnp.int32)
+  sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                         engine_lib.SamplingParams().traced())
+  tokens = _sds((1, T), jnp.int32, engine_mesh, (None, None))
   devices = mesh.size
-  reports = [compile_report("sample_prefill", tgt, mesh, engine._prefill, (params, tokens, lengths),
-                            2.0 * cfg.num_params() * P * T / devices, settings)]
-  prefix, last = jax.eval_shape(engine._prefill, params, tokens, lengths)
-  prefix = _shard_like(prefix, engine_mesh, llama.CACHE_AXES)
-  last = _sds(last.shape, last.dtype, engine_mesh, ("batch", None))
-  scalars = [jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
-             jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)]
-  args = (params, prefix, last, lengths, lengths, *scalars)
+  reports = [compile_report(
+      "sample_prefill", tgt, mesh, engine._prefill,
+      (params, pool, tokens, i32, i32, i32, i32, sampler),
+      2.0 * cfg.num_params() * T / devices, settings, kwargs=dict(num_samples=num_samples))]
   reports.append(compile_report(
-      "sample_decode", tgt, mesh, engine._decode, args,
-      decode_flops(cfg, T + ecfg.max_new_tokens / 2) * P * S / devices,   # one step of all rows
-      settings, kwargs=dict(num_samples=num_samples, slots=S, filtered=False)))
+      "sample_decode", tgt, mesh, engine._decode, (params, pool, state, queue, kill, i32, sampler),
+      engine_lib.step_flops(cfg, rows, slots * T + ecfg.max_new_tokens) / devices,  # one step
+      settings, kwargs=dict(steps=ecfg.chunk_steps)))
   return reports
-
-
-def _shard_like(prefix: llama.Prefix, mesh, axes) -> llama.Prefix:
-  def one(x, names):
-    return _sds(x.shape, x.dtype, mesh, names)
-  k = tuple(one(x, axes) for x in prefix.k)
-  v = tuple(one(x, axes) for x in prefix.v)
-  return llama.Prefix(k=k, v=v, valid=one(prefix.valid, ("cache_batch", None)))
 
 
 def fits_with_headroom(report: ProgramReport, headroom: float = 0.10) -> bool:

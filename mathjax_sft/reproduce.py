@@ -42,8 +42,7 @@ class ReproduceConfig:
   temperature: float = 0.7
   max_new_tokens: int = 320
   sample_dtype: str = "bfloat16"
-  problems_per_batch: int = 2
-  slots_per_problem: int = 32
+  rows: int | None = None            # sampler pool (None: tools/sample.py's default)
 
 
 def _subset(k: int, out: Path) -> Path:
@@ -75,8 +74,7 @@ def _sample(cfg: ReproduceConfig, checkpoint: str, out_dir: Path, train_cfg) -> 
       system_prompt=None if train_cfg.system_prompt == "<default>" else train_cfg.system_prompt,
       num_samples=cfg.num_samples, num_problems=cfg.num_problems, temperature=cfg.temperature,
       max_new_tokens=cfg.max_new_tokens, compute_dtype=cfg.sample_dtype,
-      param_dtype=cfg.sample_dtype, problems_per_batch=cfg.problems_per_batch,
-      slots_per_problem=cfg.slots_per_problem))
+      param_dtype=cfg.sample_dtype, rows=cfg.rows))
 
 
 def _row(label: str, size: int, summary: dict, wall: dict) -> dict[str, Any]:

@@ -44,17 +44,22 @@ def test_train_step_work_and_memory_per_device_shrink_8x(one_device, mesh):
 
 
 def test_sampler_programs_shard_rows_and_cache():
-  """Prefill and decode on 8 CPU devices as data parallel rows: per-device temporaries (the KV
-  cache of its rows) are ~1/8 of one device's."""
+  """Decode on 8 CPU devices as data parallel rows: per-device temporaries (the rows' activations)
+  and arguments (their KV caches) shrink ~8x (temporaries: < 0.3x); the prefill of one prompt is not
+  split (the pool is replicated over data-parallel devices)."""
   from mathjax_sft.sample.engine import EngineConfig
-  ecfg = EngineConfig(max_new_tokens=64, problems_per_batch=8, slots_per_problem=8)
+  ecfg = EngineConfig(max_new_tokens=64, rows=64)
   cfg = CFG.replace(scan_layers=False, remat=False)
   one = {r.program: r for r in aot.check_sample(cfg, aot.target("cpu:8"), None, ecfg, 16, 40)}
   eight = {r.program: r for r in aot.check_sample(cfg, aot.target("cpu:8"), (8, 1, 1), ecfg, 16, 40)}
   assert one["sample_decode"].devices == 1 and eight["sample_decode"].devices == 8
-  for program in ("sample_prefill", "sample_decode"):
-    ratio = eight[program].temp_bytes / one[program].temp_bytes
-    assert ratio <= 0.2, (program, ratio)
+  ratio = eight["sample_decode"].temp_bytes / one["sample_decode"].temp_bytes
+  assert ratio <= 0.3, ratio     # the rest: the replicated embedding table and queue
+  pool = one["sample_prefill"].argument_bytes       # weights + prompt pool: replicated
+  assert eight["sample_prefill"].argument_bytes >= 0.9 * pool
+  cache = one["sample_decode"].argument_bytes - pool
+  assert eight["sample_decode"].argument_bytes - eight["sample_prefill"].argument_bytes <= (
+      0.2 * cache), "the rows' caches are split over the devices"
 
 
 def test_aot_check_tool_on_a_tpu_topology(tmp_path):
@@ -64,7 +69,7 @@ def test_aot_check_tool_on_a_tpu_topology(tmp_path):
   cmd = [sys.executable, "tools/aot_check.py", "--config=configs/sft_smollm2_135m.py",
          "--config.init_checkpoint=", "--config.model_preset=tiny", "--config.seq_len=128",
          "--config.batch_size=8", "--topology=v5e:2x2", "--sample_mesh_shape=4,1,1",
-         "--num_samples=16", "--slots_per_problem=8", "--max_new_tokens=32", "--prompt_len=32",
+         "--num_samples=16", "--rows=8", "--max_new_tokens=32", "--prompt_len=32",
          f"--output={out}"]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -75,7 +80,7 @@ def test_aot_check_tool_on_a_tpu_topology(tmp_path):
   for line in lines:
     assert line["target"] == "v5e:2x2" and line["devices"] == 4
     assert line["hbm_gib"] == 16.0 and line["fits"] is True
-    assert 0 < line["temp_bytes"] < 2 ** 30 and line["xla_flops"] > 0
+    assert 0 <= line["temp_bytes"] < 2 ** 30 and line["xla_flops"] > 0
   assert lines[0]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert "fits" in proc.stderr
 

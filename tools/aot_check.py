@@ -47,12 +47,14 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 256, "Sampler: N samples per 
                                     "paper's Pass@256; tools/sample.py's default is "
                                     f"{_S['num_samples']}).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", _S["max_new_tokens"], "Sampler: longest sample.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Sampler: longest prompt of a batch in "
-                                   "tokens (rounded up to its power-of-two bucket).")
-_PPB = flags.DEFINE_integer("problems_per_batch", _S["problems_per_batch"],
-                            "Sampler: problems prefilled and decoded together.")
-_SPC = flags.DEFINE_integer("slots_per_problem", _S["slots_per_problem"],
-                            "Sampler: decode rows per problem.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Sampler: longest prompt of the run in "
+                                   "tokens (rounded up to a multiple of 64: the prompt pool width).")
+_ROWS = flags.DEFINE_integer("rows", None, "Sampler: decode rows in the pool (default: N, "
+                            "i.e. one problem's samples at once).")
+_SLOTS = flags.DEFINE_integer("prefix_slots", _S["prefix_slots"], "Sampler: prompts resident at "
+                             "once (default rows // N + 3).")
+_CHUNK = flags.DEFINE_integer("chunk_steps", _S["chunk_steps"], "Sampler: decode steps per "
+                              "compiled chunk.")
 _SAMPLE_DTYPE = flags.DEFINE_enum("sample_dtype", "bfloat16", ["float32", "bfloat16"],
                                   "Sampler: weights, compute and KV cache dtype (on TPU / GPU: "
                                   "bfloat16; tools/sample.py --compute_dtype / --param_dtype).")
@@ -109,8 +111,8 @@ def main(argv):
     dtype = _SAMPLE_DTYPE.value
     scfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype, scan_layers=False, remat=False)
     mesh = tuple(int(s) for s in _SAMPLE_MESH.value) if _SAMPLE_MESH.value else None
-    ecfg = EngineConfig(max_new_tokens=_MAX_NEW.value, problems_per_batch=_PPB.value,
-                        slots_per_problem=_SPC.value)
+    ecfg = EngineConfig(max_new_tokens=_MAX_NEW.value, rows=_ROWS.value,
+                        prefix_slots=_SLOTS.value, chunk_steps=_CHUNK.value)
     for r in aot.check_sample(scfg, tgt, mesh, ecfg, _NUM_SAMPLES.value, _PROMPT_LEN.value):
       reports.append(r)
       _emit(r, aot)

@@ -4,7 +4,9 @@ endpoint. The API key is read only from $OPENAI_API_KEY.
   OPENAI_API_KEY=... python tools/synthesize.py --input=$DATA/gsm8k/train.jsonl \\
       --dataset_format=gsm8k --output_dir=out/synth_gsm8k --model=gpt-4-turbo --per_reference=3
 
-Re-running the same command resumes (finished and failed rows are not requested again).
+Re-running the same command resumes: finished rows and rows rejected for a quality reason are
+not requested again; rows that failed for a transport reason (rate limit, 5xx, timeout,
+connection) are pending and are asked again.
 Outputs in --output_dir: rows.jsonl, failures.jsonl, usage.json, synth.log (see
 mathjax_sft/synth/outputs.py). This file only parses flags; the work is in mathjax_sft.synth.
 """
@@ -69,6 +71,9 @@ flags.DEFINE_integer("max_reply_retries", _D["max_reply_retries"], "Re-samples (
                      "is empty, unparseable or fails the answer format check.")
 flags.DEFINE_integer("max_consecutive_failures", _D["max_consecutive_failures"], "Abort (exit 3) when "
                      "this many rows in a row fail for transport reasons (0 = never).")
+flags.DEFINE_bool("retry_rejected", _D["retry_rejected"], "Also ask again rows that failed for a "
+                  "quality reason (verify rejected, duplicate, contaminated, answer format); rows "
+                  "that failed for a transport reason are always asked again.")
 flags.DEFINE_float("price_prompt_per_million", _D["price_prompt_per_million"], "USD per 1M prompt "
                    "tokens for the cost estimate (default: GPT-4 Turbo).")
 flags.DEFINE_float("price_completion_per_million", _D["price_completion_per_million"], "USD per 1M "

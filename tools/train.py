@@ -9,23 +9,29 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mathjax_sft import logs
+from mathjax_sft.train.config import field_docs
 from mathjax_sft.train.loop import NonFiniteLossError, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)",
-                                          lock_config=True)
+_FIELDS = "\n".join(f"  --config.{k}: {v}" for k, v in field_docs().items())
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file (configs/*.py); any field below can be set as "
+    f"--config.FIELD=VALUE. Fields:\n{_FIELDS}", lock_config=True)
 flags.mark_flag_as_required("config")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet(logs.absl_verbose())
   try:
     result = train(_CONFIG.value)
   except NonFiniteLossError as e:
     logging.error("%s", e)
     sys.exit(1)
-  logging.info("done: step %d (%s), %.1f tokens/s, MFU %.1f%%, export %s", result.step,
-               result.stop_reason, result.tokens_per_s, 100 * result.mfu, result.export_dir)
+  print(f"done: step {result.step} ({result.stop_reason}), {result.tokens_per_s:.1f} tokens/s, "
+        f"MFU {100 * result.mfu:.1f}%; outputs in {_CONFIG.value.output_dir} (checkpoints/, tb/ "
+        f"TensorBoard events), export {result.export_dir}")
 
 
 if __name__ == "__main__":

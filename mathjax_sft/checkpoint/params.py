@@ -44,6 +44,43 @@ def is_checkpoint_dir(path: str | Path) -> bool:
 
 INDEX_NAME = "index.json"
 
+TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")   # any one of them
+
+
+def check_model_dir(path: str | Path, flag: str = "--checkpoint", tokenizer: bool = True) -> Path:
+  """A model checkpoint directory a sampler can use, or an error that names what is wrong (a
+  missing path, a Hugging Face directory, no tokenizer) before anything heavy is loaded."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{flag}={path}: no such directory")
+  if not path.is_dir():
+    raise NotADirectoryError(f"{flag}={path} is a file, not a checkpoint directory")
+  if not is_checkpoint_dir(path):
+    hf = (path / CONFIG_NAME).is_file() and (any(path.glob("*.safetensors"))
+                                              or any(path.glob("*.bin")))
+    hint = ("it looks like a Hugging Face model directory: convert it first with "
+            f"tools/convert_hf_to_flax.py --hf_path={path} --output_dir=DIR" if hf else
+            f"a checkpoint directory holds {CONFIG_NAME}, {PARAMS_SUBDIR}/ and tokenizer files")
+    raise FileNotFoundError(f"{flag}={path} is not a mathjax_sft checkpoint directory; {hint}")
+  if tokenizer and not any((path / name).is_file() for name in TOKENIZER_REQUIRED):
+    raise FileNotFoundError(f"{flag}={path} has no tokenizer (none of "
+                            f"{', '.join(TOKENIZER_REQUIRED)}); copy the tokenizer files of the "
+                            "model it came from into it")
+  return path
+
+
+def fingerprint(path: str | Path) -> str:
+  """A digest of a checkpoint's config and parameter metadata (every file under params/ of at
+  most 1 MiB: orbax's manifests and metadata change with every save; the tensor data is not
+  read)."""
+  import hashlib
+  path = Path(path)
+  digest = hashlib.sha256((path / CONFIG_NAME).read_bytes())
+  for f in sorted((path / PARAMS_SUBDIR).rglob("*")):
+    if f.is_file() and f.stat().st_size <= 2 ** 20:
+      digest.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
+  return digest.hexdigest()[:16]
+
 
 def _leaf_name(path: tuple[str, ...]) -> str:
   return ".".join(path)

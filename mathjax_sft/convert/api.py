@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import resource
+import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -29,12 +33,58 @@ def generation_config(cfg) -> dict:
           "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": 0.7, "top_p": 1.0}
 
 
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: Path, overwrite: bool, flag: str = "--output_dir") -> Iterator[Path]:
+  """Yields a temporary directory beside `output_dir`, renamed to it only when the block ends
+  without an error (a failed conversion leaves nothing behind). A non-empty `output_dir` is
+  refused unless `overwrite` (then it is replaced, only after the new one is complete)."""
+  if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+    if not overwrite:
+      raise FileExistsError(f"{flag}={output_dir} exists and is not empty (it may hold another "
+                            "model); choose a new directory or pass --overwrite")
+  output_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if output_dir.exists():
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    output_dir.rename(old)
+    tmp.rename(output_dir)
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+  else:
+    tmp.rename(output_dir)
+
+
 def import_checkpoint(source: str | Path, output_dir: str | Path, dtype: str | None = None,
-                      show_progress: bool = True) -> dict:
-  """HF LLaMA directory or `.gguf` file -> mathjax_sft checkpoint dir. Returns a report dict."""
+                      show_progress: bool = True, overwrite: bool = False,
+                      require_tokenizer: bool = True) -> dict:
+  """HF LLaMA directory or `.gguf` file -> mathjax_sft checkpoint dir. Returns a report dict.
+
+  Every input is checked before a tensor is read (paths, config.json, tokenizer files unless
+  `require_tokenizer=False`); the checkpoint is written into a temporary directory and renamed
+  at the end."""
   start = time.perf_counter()
   source = Path(source)
   output_dir = Path(output_dir)
+  if not source.exists():
+    raise FileNotFoundError(f"--hf_path={source}: no such file or directory")
+  if source.suffix != ".gguf" and require_tokenizer and not any(
+      (source / name).is_file() for name in ckpt.TOKENIZER_REQUIRED):
+    raise FileNotFoundError(f"--hf_path={source} has no tokenizer files (none of "
+                            f"{', '.join(ckpt.TOKENIZER_REQUIRED)}): the checkpoint could not be "
+                            "sampled. Copy them in, or pass --allow_missing_tokenizer")
+  with atomic_output_dir(output_dir, overwrite) as tmp:
+    report = _import(source, tmp, dtype, show_progress)
+  report.update(output_dir=str(output_dir), seconds=round(time.perf_counter() - start, 2))
+  return report
+
+
+def _import(source: Path, output_dir: Path, dtype: str | None, show_progress: bool) -> dict:
   if source.suffix == ".gguf":
     tensors = gguf_io.GgufSource(source)
     cfg = tensors.cfg
@@ -55,16 +105,25 @@ def import_checkpoint(source: str | Path, output_dir: str | Path, dtype: str | N
   gen = output_dir / "generation_config.json"
   if not gen.exists():
     gen.write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
-  return {"source": str(source), "output_dir": str(output_dir), "params": out_cfg.num_params(),
-          "seconds": round(time.perf_counter() - start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+  return {"source": str(source), "params": out_cfg.num_params(),
+          "peak_rss_gib": round(peak_rss_gib(), 3)}
 
 
 def export_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path,
-                      max_shard_bytes: int = 5 * 2**30, show_progress: bool = True) -> dict:
-  """mathjax_sft checkpoint dir -> HF directory transformers/vLLM load unchanged."""
+                      max_shard_bytes: int = 5 * 2**30, show_progress: bool = True,
+                      overwrite: bool = False) -> dict:
+  """mathjax_sft checkpoint dir -> HF directory transformers/vLLM load unchanged (written into a
+  temporary directory, renamed at the end)."""
   start = time.perf_counter()
-  output_dir = Path(output_dir)
   cfg = ckpt.load_config(checkpoint_dir)
+  with atomic_output_dir(Path(output_dir), overwrite) as tmp:
+    report = _export(checkpoint_dir, cfg, tmp, max_shard_bytes, show_progress)
+  report.update(output_dir=str(output_dir), seconds=round(time.perf_counter() - start, 2))
+  return report
+
+
+def _export(checkpoint_dir, cfg, output_dir: Path, max_shard_bytes: int,
+            show_progress: bool) -> dict:
   bar = tqdm(total=len(hf_keys.expected_hf_names(cfg)), desc="export", unit="tensor",
              disable=not show_progress)
   files = hf_io.save_hf_weights(ckpt.iter_params_numpy(checkpoint_dir), cfg, output_dir,
@@ -75,6 +134,5 @@ def export_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path,
   ckpt.copy_tokenizer_files(checkpoint_dir, output_dir)
   if not (output_dir / "generation_config.json").exists():
     (output_dir / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2))
-  return {"checkpoint": str(checkpoint_dir), "output_dir": str(output_dir),
-          "files": [f.name for f in files], "seconds": round(time.perf_counter() - start, 2),
+  return {"checkpoint": str(checkpoint_dir), "files": [f.name for f in files],
           "peak_rss_gib": round(peak_rss_gib(), 3)}

@@ -92,8 +92,10 @@ class SafetensorsSource(TensorSource):
         if name not in f.keys():
           raise ValueError(f"{path.name}: tensor {name} listed in the index is not in the file")
         return f.get_tensor(name)
-    except OSError as e:
-      raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
+    except ValueError:
+      raise
+    except Exception as e:   # safetensors' own error type for a torn / corrupt file
+      raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
 
 
 class DictSource(TensorSource):
@@ -188,7 +190,10 @@ def params_from_source(source: TensorSource, cfg: ModelConfig, dtype: str | None
 def load_hf_config(hf_dir: str | Path, **overrides) -> ModelConfig:
   path = Path(hf_dir) / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{hf_dir} has no config.json (is it a Hugging Face model directory?)")
+    if not Path(hf_dir).exists():
+      raise FileNotFoundError(f"--hf_path={hf_dir}: no such file or directory")
+    raise FileNotFoundError(f"--hf_path={hf_dir} has no config.json (is it a Hugging Face model "
+                            "directory?)")
   return ModelConfig.load_json(path, **overrides)
 
 

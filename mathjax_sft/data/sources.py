@@ -174,7 +174,7 @@ def _records(records: Iterable[tuple[str, Any]], source: str, prompt_fields, res
       rows.append(row_from_record(obj, origin, prompt_fields, response_fields))
     except DataError as e:
       if on_bad_row == "error":
-        raise DataError(f"{origin}: {e} (set on_bad_row='skip' to skip and count such rows)") from None
+        raise DataError(f"{origin}: {e} (pass --config.on_bad_row=skip to skip and count such rows)") from None
       stats.skip(e.reason, origin)
   stats.rows = len(rows)
   return rows, stats

@@ -25,7 +25,8 @@ Attention handles three key sources, concatenated before one softmax:
   * the new tokens themselves (training / plain forward: causal + packed-segment mask),
   * a KV cache (`KVCache`, a ring buffer with a per-slot validity mask) for decoding,
   * a shared prefix (`Prefix`): one prompt cache per problem, read by all its samples without
-    copies — rows of the batch are grouped `[problems, samples_per_problem]`.
+    copies — rows of the batch grouped `[problems, samples_per_problem]`, or a pool of resident
+    prompts that each row picks from by index (`Prefix.row_slot`, the sampler's scheduler).
 """
 
 from __future__ import annotations
@@ -222,14 +223,20 @@ class KVCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Prefix:
-  """Keys/values of one prompt per problem, shared by `batch // problems` consecutive rows.
+  """Keys/values of one prompt per problem (or per slot of a prompt pool).
 
-  k, v:  [layers, problems, kv_heads, prefix_len, head_dim] or a tuple per layer.
-  valid: [problems, prefix_len] bool.
+  k, v:     [layers, problems, kv_heads, prefix_len, head_dim] or a tuple per layer.
+  valid:    [problems, prefix_len] bool.
+  row_slot: None: the prompts are shared by `batch // problems` consecutive rows each; else
+            int32 [batch]: row r reads prompt `row_slot[r]` (any row, any resident prompt). Each
+            row's scores and weighted values are computed per prompt over `prefix_len` keys and
+            the row's own prompt selected exactly, so a row's arithmetic does not depend on how
+            many prompts the pool holds or where its prompt sits.
   """
   k: Any
   v: Any
   valid: jax.Array
+  row_slot: jax.Array | None = None
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, stacked: bool = True,
@@ -280,8 +287,10 @@ def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> 
   g = h // kvh
   q = (q.astype(jnp.float32) * d ** -0.5).astype(dtype).reshape(b, t, kvh, g, d)
   blocks = []   # (scores [b, kvh, g, t, keys] f32, values, kind)
+  if prefix is not None and prefix[3] is not None:
+    return _attend_pool(q, sources, prefix, dtype)
   if prefix is not None:
-    pk, pv, pvalid = prefix                       # [p, kvh, tp, d], [p, tp]
+    pk, pv, pvalid, _ = prefix                    # [p, kvh, tp, d], [p, tp]
     p = pk.shape[0]
     n = b // p
     qp = q.reshape(p, n, t, kvh, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(p, kvh, n * g * t, d)
@@ -315,6 +324,37 @@ def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> 
       denom += jnp.sum(e, -1, keepdims=True)
   out = out / denom
   return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: tuple, dtype) -> jax.Array:
+  """`_attend` with a prompt pool: q [b, t, kvh, g, d] (scaled), prefix (k, v [slots, kvh, tp, d],
+  valid [slots, tp], row_slot [b]). Scores of every row against every slot's keys are one matmul
+  (shared keys, no gathers); other slots are masked, and the weighted values are contracted per
+  slot over `tp` keys, then the row's slot is selected (adding exact zeros)."""
+  pk, pv, pvalid, row_slot = prefix
+  b, t, kvh, g, d = q.shape
+  mine = jnp.arange(pk.shape[0])[None, :] == row_slot[:, None]                # [b, slots]
+  s = jnp.einsum("btkgd,qksd->bkgtqs", q, pk.astype(dtype), preferred_element_type=jnp.float32)
+  s = jnp.where((mine[:, :, None] & pvalid[None])[:, None, None, None], s, NEG_INF)
+  m = jnp.max(jnp.max(s, -1), -1)[..., None]                                  # [b, kvh, g, t, 1]
+  own = [jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
+         for src in sources]
+  own = [jnp.where(src.mask[:, None, None, :, :], x, NEG_INF) for src, x in zip(sources, own)]
+  for x in own:
+    m = jnp.maximum(m, jnp.max(x, -1, keepdims=True))
+  e = jnp.exp(s - m[..., None])                                               # 0 off the row's slot
+  o = jnp.einsum("bkgtqs,qksd->bkgtqd", e.astype(dtype), pv.astype(dtype),
+                 preferred_element_type=jnp.float32)
+  onehot = mine.astype(jnp.float32)[:, None, None, None, :, None]
+  out = jnp.sum(o * onehot, axis=-2)                                          # [b, kvh, g, t, d]
+  denom = jnp.sum(jnp.sum(e, -1) * onehot[..., 0], axis=-1, keepdims=True)
+  for src, x in zip(sources, own):
+    ex = jnp.exp(x - m)
+    out += jnp.einsum("bkgts,bksd->bkgtd", ex.astype(dtype), src.v.astype(dtype),
+                      preferred_element_type=jnp.float32)
+    denom += jnp.sum(ex, -1, keepdims=True)
+  out = out / denom
+  return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, kvh * g, d)
 
 
 def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: jax.Array | None,
@@ -497,7 +537,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if unrolled:
     for i, lp in enumerate(layers):
       ckv = None if cache is None else (cache.k[i], cache.v[i])
-      pkv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
+      pkv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid,
+                                            prefix.row_slot)
       block = _remat(_block, cfg, static_argnums=(8,)) if cfg.remat else _block
       x, upd = block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
       if upd is not None:
@@ -508,7 +549,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     def body(x, xs):
       lp, ck, cv, pk, pv = xs
       ckv = None if ck is None else (ck, cv)
-      pkv = None if pk is None else (pk, pv, prefix.valid)
+      pkv = None if pk is None else (pk, pv, prefix.valid, prefix.row_slot)
       x, upd = _block(lp, constrain(x, RESIDUAL, "block input"), cos, sin, self_mask, ckv, ctx,
                       pkv, cfg)
       return constrain(x, RESIDUAL, "block output"), (None, None) if upd is None else upd

@@ -19,17 +19,14 @@ from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.data import templates
 from mathjax_sft.eval import problems as problems_lib
 from mathjax_sft.model.config import ModelConfig
-from mathjax_sft.sample.engine import Engine, EngineConfig
+from mathjax_sft.sample.engine import Engine, EngineConfig, step_flops
 from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.train.metrics import measure_matmul_peak
 
 
 def decode_flops(cfg: ModelConfig, context: float) -> float:
-  """FLOPs of one decode step for one row: 2 x matmul params + attention over `context` keys."""
-  e, m, h, k, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
-                   cfg.head_dim)
-  matmul = cfg.num_layers * (e * d * (2 * h + 2 * k) + 3 * e * m) + e * cfg.vocab_size
-  return 2.0 * matmul + 4.0 * cfg.num_layers * h * d * context
+  """FLOPs of one decode step for one row attending over `context` keys."""
+  return step_flops(cfg, 1, context)
 
 
 def _prompts(tokenizer, num_prompts: int) -> list[list[int]]:
@@ -42,14 +39,13 @@ def run_ours(checkpoint: str, prompts, num_samples, max_new_tokens, temperature,
              compute_dtype: str) -> dict[str, Any]:
   params, cfg = ckpt.load_params(checkpoint, compute_dtype=compute_dtype,
                                  param_dtype=compute_dtype)
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=max_new_tokens, problems_per_batch=1,
-                                            slots_per_problem=num_samples))
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=max_new_tokens, rows=num_samples))
   sampling = SamplingParams(temperature)
   tic = time.perf_counter()
   timed = prompts[1:]
   engine.generate(timed, [f"warmup{i}" for i in range(len(timed))], num_samples, sampling)  # compiles
   compile_s = time.perf_counter() - tic
-  engine.new_tokens = engine.decode_steps = 0
+  engine.stats = type(engine.stats)()
   tic = time.perf_counter()
   results = engine.generate(timed, [f"p{i}" for i in range(len(timed))], num_samples, sampling)
   wall = time.perf_counter() - tic
@@ -57,7 +53,7 @@ def run_ours(checkpoint: str, prompts, num_samples, max_new_tokens, temperature,
   ctx = np.mean([len(p) for p in prompts[1:]]) + np.mean(lengths) / 2
   return {"tokens": int(sum(lengths)), "seconds": wall, "first_call_s": compile_s,
           "tokens_per_s": sum(lengths) / wall, "mean_len": float(np.mean(lengths)),
-          "decode_steps": engine.decode_steps,
+          "utilisation": round(engine.stats.utilisation, 4),
           "flops": decode_flops(cfg, ctx) * sum(lengths), "cfg": cfg}
 
 
@@ -117,3 +113,83 @@ def run(checkpoint: str, num_prompts: int = 1, num_samples: int = 64, max_new_to
 
 def to_json(result: dict[str, Any]) -> str:
   return json.dumps(result, indent=2)
+
+
+# ---- the real workload, end to end ------------------------------------------------------------
+
+def _useful_tokens(samples_path) -> tuple[int, int]:
+  """(tokens, samples) of a samples.jsonl: each sample's kept tokens plus its stop token."""
+  tokens = samples = 0
+  for line in open(samples_path):
+    for s in json.loads(line)["samples"]:
+      tokens += s["num_tokens"] + int(s["finished"])
+      samples += 1
+  return tokens, samples
+
+
+def run_sample_tool(repo: str, checkpoint: str, num_problems: int, num_samples: int,
+                    max_new_tokens: int, temperature: float, out_dir: str,
+                    extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+  """`tools/sample.py` of checkout `repo` as a user runs it (a fresh process), timed whole."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  cmd = [sys.executable, "tools/sample.py", f"--checkpoint={Path(checkpoint).absolute()}",
+         "--dataset=gsm8k", f"--num_problems={num_problems}", f"--num_samples={num_samples}",
+         f"--temperature={temperature}", f"--max_new_tokens={max_new_tokens}",
+         f"--output_dir={out_dir}", *extra_flags]
+  import os
+  env = dict(os.environ, PYTHONPATH=str(Path(repo).absolute()),   # that checkout's library
+             MATHJAX_DATA_DIR=str(paths.data_dir().absolute()))
+  tic = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+  wall = time.perf_counter() - tic
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  tokens, samples = _useful_tokens(Path(out_dir) / "samples.jsonl")
+  summary = json.loads((Path(out_dir) / "summary.json").read_text())
+  out = {"command": " ".join(cmd[1:]), "repo": str(Path(repo).absolute()), "wall_s": wall,
+         "useful_tokens": tokens, "samples": samples, "useful_tokens_per_s": tokens / wall,
+         "pass_at_n": summary["pass_at_n"], "pass_ratio_at_n": summary["pass_ratio_at_n"]}
+  for key in ("utilisation", "seconds", "decode_flops"):
+    if key in summary.get("this_run", {}):
+      out[key] = summary["this_run"][key]
+  return out
+
+
+def run_workload(checkpoint: str, num_problems: int = 8, num_samples: int = 64,
+                 max_new_tokens: int = 320, temperature: float = 0.7, threads: int = 2,
+                 repo: str = ".", skip_reference: bool = False,
+                 out_dir: str | None = None) -> dict[str, Any]:
+  """K GSM8K test problems x N samples: `tools/sample.py` end to end against transformers
+  `generate(num_return_sequences=N)` one prompt at a time (same prompts, threads, budget)."""
+  import tempfile
+  from transformers import AutoTokenizer
+  peak = measure_matmul_peak("float32", n=2048, repeats=5)
+  with tempfile.TemporaryDirectory() as tmp:
+    ours = run_sample_tool(repo, checkpoint, num_problems, num_samples, max_new_tokens,
+                           temperature, out_dir or f"{tmp}/run")
+  result: dict[str, Any] = {
+      "workload": f"gsm8k test[:{num_problems}] x N={num_samples}, {max_new_tokens} new tokens, "
+                  f"T={temperature}", "model": checkpoint, "threads": threads,
+      "matmul_peak_gflops": round(peak / 1e9, 1),
+      "ours": {k: round(v, 3) if isinstance(v, float) else v for k, v in ours.items()}}
+  if "decode_flops" in ours and ours.get("seconds", {}).get("decode"):
+    achieved = ours["decode_flops"] / ours["seconds"]["decode"]
+    result["ours_decode_gflops"] = round(achieved / 1e9, 1)
+    result["ours_decode_fraction_of_peak"] = round(achieved / peak, 3)
+  if not skip_reference:
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    problems = problems_lib.load_problems("gsm8k", num_problems)
+    prompts = [tokenizer(templates.render_prompt("chat", p.question, tokenizer),
+                         add_special_tokens=False)["input_ids"] for p in problems]
+    eos = json.loads(open(f"{checkpoint}/config.json").read()).get("eos_token_id", 2)
+    eos = eos[0] if isinstance(eos, list) else eos
+    tic = time.perf_counter()
+    ref = run_transformers([prompts[0]] + prompts, num_samples, max_new_tokens, temperature,
+                           threads, eos)
+    ref["wall_s"] = time.perf_counter() - tic        # with model load and warm-up, as a user
+    ref["useful_tokens_per_s"] = ref["tokens"] / ref["wall_s"]
+    result["transformers"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ref.items()}
+    result["speedup_end_to_end"] = round(ours["useful_tokens_per_s"] / ref["useful_tokens_per_s"], 2)
+  return result

@@ -1,25 +1,30 @@
-"""Pass@N sampling engine: prefill each prompt once, decode N samples sharing its KV cache.
+"""Pass@N sampling engine: a scheduler over a fixed pool of decode rows for a whole run.
 
-For a batch of P problems:
-  1. prefill   [P, prompt_bucket] -> a `Prefix` (keys/values per problem) + last-token logits.
-  2. decode    rows [P * S] (S slots per problem) read their problem's prefix without copies
-               and keep only their own generated keys in a ring-buffer cache of
-               `max_new_tokens` slots. When a row's sample ends, the row takes the problem's
-               next pending sample (continuous batching), until all N are drawn. The loop is one
-               `lax.while_loop` inside one jit; it exits when no row has work left.
+All problems x N samples go through one pool of `rows` decode rows:
+  * prompt pool: `prefix_slots` prompts are resident at once (keys/values, prompt length, the N
+    first tokens drawn from the prompt's last logits). A problem is prefilled into a free slot
+    (one prompt per call, one compiled program per prompt-length bucket) when one frees, and
+    its slot frees when its last sample ends.
+  * decode: compiled chunks of `chunk_steps` steps (one program per run). Inside a chunk a row
+    whose sample ends (EOS, budget) takes the next item of a work queue the host filled with
+    pending samples of resident problems (oldest problem first), so no row decodes padding
+    while work is queued and no problem is ever decoded as padding. Every row reads its own
+    problem's prompt from the pool (`llama.Prefix.row_slot`) and keeps only its generated keys
+    in a ring-buffer cache of `max_new_tokens` slots.
+  * host, between chunks: the chunk's token events are appended to their samples; stop strings
+    are matched on decoded text (`stops.StopStrings`) and a sample that hit one ends there (its
+    row is released at the start of the next chunk); finished problems are handed to
+    `on_problem`; free slots are refilled; the next queue is built.
 Sample j of problem `key` draws its t-th token with the uniform
-`fold_in(fold_in(fold_in(seed, key), j), t)`, so a sample does not depend on which other
-problems or samples share its batch.
-
-Shapes are bucketed (prompt length to a power of two, rows fixed by the config), so a run
-compiles a handful of programs; `Engine.compiled_shapes` lists them.
+`fold_in(fold_in(fold_in(seed, key), j), t)`, and a row's arithmetic does not depend on the
+other rows or prompts, so samples do not depend on the pool size, chunk size or problem order.
 
 Memory: the engine holds one copy of the weights, in its decode layout (per-layer; q/k/v and
-gate/up concatenated when `tensor` is 1, gate/up stacked as [2, embed, mlp] otherwise). `prepare_params` builds it one tensor at a time; with
-`donate=True` each stacked input buffer is freed as soon as its slices exist, so the peak is the
-weights plus one stacked tensor, not twice the weights. Under a mesh, decode rows, prompts and
-KV caches are sharded by the rule table's `batch` / `cache_*` axes (traced under
-`rules.with_mesh`).
+gate/up concatenated when `tensor` is 1, gate/up stacked as [2, embed, mlp] otherwise).
+`prepare_params` builds it one tensor at a time; with `donate=True` each stacked input buffer is
+freed as soon as its slices exist, so the peak is the weights plus one stacked tensor. Under a
+mesh, rows and their caches are sharded by the rule table's `batch` / `cache_*` axes and the
+prompt pool by `cache_heads` (traced under `rules.with_mesh`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import math
 import time
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,34 +43,51 @@ from jax.sharding import Mesh, NamedSharding
 
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig
-from mathjax_sft.sample.strategies import SamplingParams, sample_many, sample_tokens
+from mathjax_sft.sample.stops import Detokenize, StopStrings
+from mathjax_sft.sample.strategies import Sampler, SamplingParams, sample_many, sample_tokens
 from mathjax_sft.sharding import rules as sharding_rules
 
 log = logging.getLogger(__name__)
 
 MIN_PROMPT_BUCKET = 64
+ROWS_CAP = {"cpu": 64}         # more rows do not decode faster on a CPU (compute-bound)
+DEFAULT_ROWS_CAP = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-  max_new_tokens: int = 512
-  problems_per_batch: int = 4       # P: prompts prefilled together
-  slots_per_problem: int = 64       # S: decode rows per problem, refilled until N are drawn
-  stop_token_ids: tuple[int, ...] = ()        # besides the model's EOS ids
-  stop_sequences: tuple[tuple[int, ...], ...] = ()   # token-id sequences that end a sample
+  max_new_tokens: int = 512        # longest sample, in tokens
+  rows: int | None = None          # decode rows in the pool (None: `default_rows`)
+  prefix_slots: int | None = None  # prompts resident at once (None: rows // N + 3)
+  chunk_steps: int = 8             # decode steps per compiled call; the host schedules between
+  stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids (matched on device)
+  stop_strings: tuple[str, ...] = ()     # matched on decoded text (needs `detokenize`)
   max_prompt_len: int | None = None
-  cache_read_buckets: int = 4       # attention reads the written part of the ring, rounded up
-                                    # to one of this many sizes (1: always every slot)
+  cache_read_buckets: int = 1      # see llama.forward (the pool's ring is shared, so the
+                                   # written part is all of it after the first chunks)
 
   def __post_init__(self):
-    for name in ("max_new_tokens", "problems_per_batch", "slots_per_problem",
-                 "cache_read_buckets"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"EngineConfig.{name} must be positive, got {getattr(self, name)}")
+    for name in ("max_new_tokens", "rows", "prefix_slots", "chunk_steps", "cache_read_buckets"):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ValueError(f"EngineConfig.{name} must be positive, got {value}")
 
 
 def prompt_bucket(length: int) -> int:
   return max(MIN_PROMPT_BUCKET, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
+
+
+def pool_width(length: int) -> int:
+  """Prompt-pool width for a run whose longest prompt has `length` tokens: every row attends over
+  all of it, so it is rounded up to a multiple of 64 only (prefill buckets are powers of two,
+  capped at this width)."""
+  return max(MIN_PROMPT_BUCKET, -(-length // 64) * 64)
+
+
+def default_slots(rows: int, num_samples: int) -> int:
+  """Prompts resident at once: those the rows draw from (rows / N), plus three for problems whose
+  last samples are still running and the next one, prefilled ahead."""
+  return -(-rows // num_samples) + 3
 
 
 def problem_key(problem_id: str) -> int:
@@ -75,9 +97,39 @@ def problem_key(problem_id: str) -> int:
 
 @dataclasses.dataclass
 class Samples:
-  """Generated token ids of one problem: `tokens[j]` is sample j (EOS/stop excluded)."""
+  """One problem's N samples: `tokens[j]` is sample j (EOS excluded; cut at a stop string)."""
   tokens: list[list[int]]
-  finished: list[bool]          # ended by EOS / stop (False: hit max_new_tokens)
+  finished: list[bool]          # ended by EOS / a stop string (False: hit max_new_tokens)
+  texts: list[str] | None = None   # decoded (with `detokenize`), cut at the stop string
+
+
+def default_rows(cfg: ModelConfig, max_new_tokens: int, work: int, mesh: Mesh | None = None,
+                 memory_fraction: float = 0.5) -> int:
+  """Decode rows that fit the device: ring caches + per-row logits and sort buffers within
+  `memory_fraction` of the device memory left after the weights, capped per platform, never more
+  than the work (rounded up to the batch shards)."""
+  device = (mesh.devices.flat[0] if mesh is not None else jax.local_devices()[0])
+  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in ("data", "fsdp")
+                                            if a in mesh.shape)
+  itemsize = jnp.dtype(cfg.compute_dtype).itemsize
+  per_row = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * max_new_tokens * itemsize
+             + 4 * cfg.vocab_size * 4)
+  cap = ROWS_CAP.get(device.platform, DEFAULT_ROWS_CAP)
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    cap = min(cap, max(1, int(memory_fraction * free * shards // per_row)))
+  rows = min(cap, work)
+  return max(shards, -(-rows // shards) * shards)
+
+
+def step_flops(cfg: ModelConfig, rows: int, keys: int) -> float:
+  """FLOPs of one decode step of `rows` rows that each attend over `keys` keys: 2 x the weight
+  matmuls (LM head included) + 4 x layers x heads x head_dim x keys (scores and values)."""
+  e, m, h, k, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                   cfg.head_dim)
+  matmul = cfg.num_layers * (e * d * (2 * h + 2 * k) + 3 * e * m) + e * cfg.vocab_size
+  return rows * (2.0 * matmul + 4.0 * cfg.num_layers * h * d * keys)
 
 
 def fuses(mesh: Mesh | None) -> bool:
@@ -94,8 +146,13 @@ def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params 
   """Shardings of the decode layout's params (None without a mesh: default device)."""
   if mesh is None:
     return None
-  abstract = jax.eval_shape(lambda p: _relayout(p, fuses(mesh)), llama.abstract_params(cfg))
-  return sharding_rules.tree_shardings(mesh, engine_param_axes(cfg, mesh), abstract)
+  return sharding_rules.tree_shardings(mesh, engine_param_axes(cfg, mesh),
+                                       abstract_engine_params(cfg, mesh))
+
+
+def abstract_engine_params(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params:
+  """Shapes / dtypes of the decode layout's params."""
+  return jax.eval_shape(lambda p: _relayout(p, fuses(mesh)), llama.abstract_params(cfg))
 
 
 def _relayout(params: llama.Params, concat: bool) -> llama.Params:
@@ -143,236 +200,423 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
   return dict(params, layers=fused)
 
 
+# ---- device state ----------------------------------------------------------------------------
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class PromptPool:
+  """The resident prompts: Q slots of up to T tokens (T: the run's longest prompt, bucketed)."""
+  prefix: llama.Prefix          # keys / values [Q, kv_heads, T, head_dim] per layer, valid [Q, T]
+  length: jax.Array             # int32 [Q]: prompt lengths
+  key: jax.Array                # int32 [Q]: problem keys (seed the samples)
+  first: jax.Array              # int32 [Q, N]: every sample's first token, drawn at prefill
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
-  """What the decode loop carries from step to step: B = P x S rows serving P problems x N
-  samples (sample g = problem * N + j)."""
-  step: jax.Array               # int32 []: decode steps taken
-  cache: llama.KVCache          # the rows' own generated keys / values (the prompt is a Prefix)
-  j: jax.Array                  # int32 [B]: the sample a row draws (>= N: the row is idle)
-  next_j: jax.Array             # int32 [P]: each problem's next sample not yet given to a row
-  tok: jax.Array                # int32 [B]: each row's last token, the next step's input
+  """What the decode rows carry from step to step (and from chunk to chunk): B rows."""
+  cache: llama.KVCache          # the rows' own generated keys / values (prompts: `PromptPool`)
+  slot: jax.Array               # int32 [B]: the prompt slot a row's sample belongs to
+  j: jax.Array                  # int32 [B]: the sample index within its problem
+  g: jax.Array                  # int32 [B]: the host's id of the row's sample (-1: none yet)
+  tok: jax.Array                # int32 [B]: the row's last token, the next step's input
   n: jax.Array                  # int32 [B]: tokens the row's sample has so far
   active: jax.Array             # bool [B]: the row is decoding a sample
-  pending: jax.Array            # bool [B]: its sample ended when assigned: take new work next
-  window: jax.Array             # int32 [B, width]: the row's last tokens (stop sequences)
-  out: jax.Array                # int32 [P * N, max_new]: every sample's tokens
-  out_len: jax.Array            # int32 [P * N]: sample lengths (stop token excluded)
-  out_fin: jax.Array            # bool [P * N]: ended by a stop token (else by the budget)
+  pending: jax.Array            # bool [B]: its sample just ended: take new work next step
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class WorkQueue:
+  """Pending samples handed to a chunk, in order; rows that need work take them in turn."""
+  slot: jax.Array               # int32 [W]
+  j: jax.Array                  # int32 [W]
+  g: jax.Array                  # int32 [W]: host sample ids
+  count: jax.Array              # int32 []: valid items
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Events:
+  """Per step and row of a chunk [K, B]: the sample a row started (`start_*`: its first token)
+  and the token it decoded (`tok_*`). g -1: none. end 0: the sample goes on, 1: it ended with
+  this token, a stop token (not part of the sample), 2: this token is its last (budget)."""
+  start_g: jax.Array
+  start_tok: jax.Array
+  start_end: jax.Array
+  tok_g: jax.Array
+  tok: jax.Array
+  tok_end: jax.Array
+
+
+@dataclasses.dataclass
+class EngineStats:
+  """Where a run's time and row-steps went (`Engine.stats`)."""
+  prefill_s: float = 0.0
+  decode_s: float = 0.0
+  host_s: float = 0.0           # scheduling and stop-string matching between chunks
+  callback_s: float = 0.0       # in `on_problem` (the sampler run grades there)
+  chunks: int = 0
+  row_steps: int = 0            # rows x decode steps
+  decoded: int = 0              # tokens drawn for live samples (first tokens + decode steps)
+  useful_tokens: int = 0        # tokens kept in samples, plus each finished sample's stop token
+  idle_while_queued: int = 0    # row-steps without a token in chunks whose queue never ran dry
+  samples: int = 0              # samples ended
+  decode_flops: float = 0.0     # model FLOPs of the decode steps run (all rows, see step_flops)
+
+  @property
+  def utilisation(self) -> float:
+    """Useful tokens drawn by decode steps (a sample's first token comes from its prompt's
+    prefill) per row-step."""
+    return (self.useful_tokens - self.samples) / self.row_steps if self.row_steps else 0.0
+
+  def as_dict(self) -> dict:
+    out = {k: round(v, 3) if isinstance(v, float) else v
+           for k, v in dataclasses.asdict(self).items()}
+    out["utilisation"] = round(self.utilisation, 4)
+    return out
+
+
+@dataclasses.dataclass
+class _Problem:
+  """Host bookkeeping of one problem of a `generate` call."""
+  index: int
+  prompt: list[int]
+  key: int
+  slot: int = -1
+  next_j: int = 0               # samples given to the queue's rows so far
+  ended: int = 0
 
 
 class Engine:
-  """Holds params (decode layout, see `prepare_params`) and jitted prefill/decode programs.
+  """Holds params (decode layout, see `prepare_params`) and the jitted prefill / decode programs.
 
   `params=None` builds the programs only (ahead-of-time compilation: `aot.check_sample`)."""
 
   def __init__(self, params: llama.Params | None, cfg: ModelConfig, engine_cfg: EngineConfig,
-               mesh: Mesh | None = None, donate: bool = False):
+               mesh: Mesh | None = None, donate: bool = False,
+               detokenize: Detokenize | None = None):
     self.cfg = cfg
     self.ecfg = engine_cfg
     self.params = None if params is None else prepare_params(params, cfg, mesh, donate)
     self.mesh = mesh
     self.stop_ids = tuple(sorted(set(cfg.eos_token_ids) | set(engine_cfg.stop_token_ids)))
-    if not self.stop_ids and not engine_cfg.stop_sequences:
+    if engine_cfg.stop_strings and detokenize is None:
+      raise ValueError("EngineConfig.stop_strings needs a detokenize function")
+    self.detokenize = detokenize
+    self.stops = StopStrings(engine_cfg.stop_strings, detokenize) if detokenize else None
+    if not self.stop_ids and not engine_cfg.stop_strings:
       log.warning("no EOS or stop tokens: every sample runs to max_new_tokens")
     self.compiled_shapes: set[tuple] = set()
-    self._prefill = jax.jit(self._prefill_fn)
-    self._decode = jax.jit(self._decode_fn, static_argnames=("num_samples", "slots", "filtered"))
-    self.new_tokens = 0          # generated tokens, stop tokens included
-    self.decode_steps = 0
-    self.decode_seconds = 0.0
+    self._prefill = jax.jit(self._prefill_fn, static_argnames=("num_samples",),
+                            donate_argnames=("pool",))
+    self._decode = jax.jit(self._decode_fn, static_argnames=("steps",),
+                           donate_argnames=("state",))
+    self.stats = EngineStats()
+
+  # ---- shapes --------------------------------------------------------------------------------
+  def shapes(self, prompt_lengths: Sequence[int], num_samples: int) -> tuple[int, int, int]:
+    """(rows B, prompt slots Q, prompt width T) for a run of these prompts."""
+    work = len(prompt_lengths) * num_samples
+    rows = self.ecfg.rows or default_rows(self.cfg, self.ecfg.max_new_tokens, work, self.mesh)
+    slots = self.ecfg.prefix_slots or default_slots(rows, num_samples)
+    return rows, max(1, min(slots, len(prompt_lengths))), pool_width(max(prompt_lengths))
+
+  def _sharding(self, axes, shape):
+    if self.mesh is None:
+      return None
+    return sharding_rules.named_sharding(self.mesh, axes, shape, name="sampler state")
+
+  def specs(self, rows: int, slots: int, width: int, num_samples: int):
+    """Shapes, dtypes and shardings of the programs' state: (PromptPool, DecodeState, WorkQueue,
+    kill mask), as ShapeDtypeStructs (ahead-of-time compilation, and `init_state`)."""
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    sds = lambda shape, dt, axes: jax.ShapeDtypeStruct(shape, jnp.dtype(dt),
+                                                       sharding=self._sharding(axes, shape))
+    rep = lambda shape, dt: sds(shape, dt, (None,) * len(shape))
+    pool_kv = lambda: tuple(sds((slots, cfg.num_kv_heads, width, cfg.head_dim), dtype, POOL_AXES)
+                            for _ in range(cfg.num_layers))
+    pool = PromptPool(prefix=llama.Prefix(k=pool_kv(), v=pool_kv(), valid=rep((slots, width), bool)),
+                      length=rep((slots,), jnp.int32), key=rep((slots,), jnp.int32),
+                      first=rep((slots, num_samples), jnp.int32))
+    new = self.ecfg.max_new_tokens
+    cache_kv = lambda: tuple(sds((rows, cfg.num_kv_heads, new, cfg.head_dim), dtype,
+                                 llama.CACHE_AXES) for _ in range(cfg.num_layers))
+    cache = llama.KVCache(k=cache_kv(), v=cache_kv(), valid=sds((rows, new), bool,
+                                                                ("cache_batch", None)),
+                          index=rep((), jnp.int32))
+    vec = lambda dt: sds((rows,), dt, ("batch",))
+    state = DecodeState(cache=cache, slot=vec(jnp.int32), j=vec(jnp.int32), g=vec(jnp.int32),
+                        tok=vec(jnp.int32), n=vec(jnp.int32), active=vec(bool),
+                        pending=vec(bool))
+    width_q = 2 * rows
+    queue = WorkQueue(slot=rep((width_q,), jnp.int32), j=rep((width_q,), jnp.int32),
+                      g=rep((width_q,), jnp.int32), count=rep((), jnp.int32))
+    return pool, state, queue, vec(bool)
+
+  def init_state(self, rows: int, slots: int, width: int, num_samples: int):
+    """An empty prompt pool and idle rows (all zeros: no row is active, no slot valid)."""
+    pool, state, _, _ = self.specs(rows, slots, width, num_samples)
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding)
+    return jax.tree.map(zeros, pool), jax.tree.map(zeros, state)
 
   # ---- jitted programs ----------------------------------------------------------------------
-  def _prefill_fn(self, params, tokens, lengths):
+  def _prefill_fn(self, params, pool, tokens, length, slot, key, seed, sampler,
+                  num_samples: int):
+    with sharding_rules.with_mesh(self.mesh, PREFILL_RULES):
+      return self._prefill_body(params, pool, tokens, length, slot, key, seed, sampler,
+                                num_samples)
+
+  def _decode_fn(self, params, pool, state, queue, kill, seed, sampler, steps: int):
     with sharding_rules.with_mesh(self.mesh):
-      return self._prefill_body(params, tokens, lengths)
+      return self._decode_body(params, pool, state, queue, kill, seed, sampler, steps)
 
-  def _decode_fn(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
-                 top_k, num_samples: int, slots: int, filtered: bool):
-    with sharding_rules.with_mesh(self.mesh):
-      return self._decode_body(params, prefix, last_logits, lengths, keys, seed, temperature,
-                               top_p, top_k, num_samples, slots, filtered)
+  def _prefill_body(self, params, pool, tokens, length, slot, key, seed, sampler,
+                    num_samples: int):
+    """One prompt tokens [1, t] (right-padded to its bucket) into pool slot `slot`, with the
+    first token of each of its N samples."""
+    t = tokens.shape[1]
+    valid = jnp.arange(t)[None, :] < length
+    cache = llama.init_cache(self.cfg, 1, t, stacked=False, dtype=self.cfg.compute_dtype)
+    hidden, cache = llama.forward(params, self.cfg, tokens, segment_ids=valid.astype(jnp.int32),
+                                  cache=cache, return_hidden=True)
+    last = jax.lax.dynamic_index_in_dim(hidden[0], length - 1, axis=0)      # [1, E]
+    logits = llama.lm_head(params, self.cfg, last)                          # [1, V]
+    keys = _sample_keys(seed, key, jnp.arange(num_samples))
+    u0 = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0)))(keys)
+    first = sample_many(logits, u0[None], sampler)[0]                        # [N]
+    width = pool.prefix.valid.shape[1]
+    put = lambda store, x: jax.lax.dynamic_update_slice(
+        store, jnp.pad(x, ((0, 0), (0, 0), (0, width - t), (0, 0))).astype(store.dtype),
+        (slot, 0, 0, 0))
+    prefix = llama.Prefix(
+        k=tuple(put(s, x) for s, x in zip(pool.prefix.k, cache.k)),
+        v=tuple(put(s, x) for s, x in zip(pool.prefix.v, cache.v)),
+        valid=pool.prefix.valid.at[slot].set(jnp.arange(width) < length))
+    return PromptPool(prefix=prefix, length=pool.length.at[slot].set(length),
+                      key=pool.key.at[slot].set(key), first=pool.first.at[slot].set(first))
 
-  def _prefill_body(self, params, tokens, lengths):
-    """tokens [P, T] right-padded, lengths [P] -> (Prefix, last logits [P, V])."""
-    p, t = tokens.shape
-    valid = jnp.arange(t)[None, :] < lengths[:, None]
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (p, t))
-    cache = llama.init_cache(self.cfg, p, t, stacked=False, dtype=self.cfg.compute_dtype)
-    hidden, cache = llama.forward(params, self.cfg, tokens, positions,
-                                  segment_ids=valid.astype(jnp.int32), cache=cache,
-                                  return_hidden=True)
-    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]   # [P, E]
-    return llama.prefix_from_cache(cache), llama.lm_head(params, self.cfg, last)
-
-  def _decode_body(self, params, prefix, last_logits, lengths, keys, seed, temperature, top_p,
-                   top_k, num_samples: int, slots: int, filtered: bool):
-    """All `num_samples` samples of P problems through P x `slots` decode rows.
-
-    Row r serves problem r // slots. When its sample ends (stop token or max_new_tokens), the
-    row is refilled with the problem's next pending sample (continuous batching: no row decodes
-    padding while work is left); its cache slots are invalidated and it restarts at the end of
-    the shared prompt. The first token of every sample is drawn up front from the prompt's last
-    logits (one running sum per problem, one binary search per sample).
-
-    keys [P] int32 problem keys, seed int32 scalar. Returns tokens [P * N, max_new] int32,
-    lengths [P * N], finished [P * N] (True: ended by a stop token).
-    """
-    cfg, ecfg = self.cfg, self.ecfg
-    P, N, S = last_logits.shape[0], num_samples, slots
-    B, max_new = P * S, ecfg.max_new_tokens
-    seed_key = jax.random.key(seed)
-    sample_keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(
-        jax.random.fold_in(seed_key, k), j))(jnp.arange(N)))(keys)        # [P, N] keys
-    flat_keys = sample_keys.reshape(P * N)
-    u0 = jax.vmap(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0))))(sample_keys)
-    first = sample_many(last_logits, u0, temperature, top_p, top_k, filtered)  # [P, N]
-    row_problem = jnp.repeat(jnp.arange(P), S)                             # [B]
-    row_len = jnp.repeat(lengths, S)                                      # prompt lengths
-
+  def _decode_body(self, params, pool, state, queue, kill, seed, sampler, steps: int):
+    """`steps` decode steps of every row. At each step, rows that need work (their sample
+    ended, they were killed by the host, or they are idle) first take queue items in turn;
+    then every active row decodes one token. Returns (state, queue items taken, Events)."""
+    cfg, max_new = self.cfg, self.ecfg.max_new_tokens
     stop_ids = jnp.asarray(self.stop_ids or (-1,), jnp.int32)
-    seqs = ecfg.stop_sequences
-    width = max([len(q) for q in seqs] + [1])
-    stop_seq = jnp.asarray([[-1] * (width - len(q)) + list(q) for q in seqs] or [[-2] * width],
-                           jnp.int32)                                        # right-aligned
-    stop_seq_len = jnp.asarray([len(q) for q in seqs] or [width], jnp.int32)
+    width = queue.slot.shape[0]
+    is_stop = lambda tok: jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+    state = dataclasses.replace(state, active=state.active & ~kill, pending=state.pending | kill)
 
-    def stops(tok, window):
-      hit = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-      if seqs:
-        match = (window[:, None, :] == stop_seq[None]) | (jnp.arange(width)[None, None, :] <
-                                                          width - stop_seq_len[None, :, None])
-        hit |= jnp.any(jnp.all(match, axis=-1), axis=-1)
-      return hit
+    def step(carry, _):
+      st, head = carry
+      need = st.pending | ~st.active
+      qi = head + jnp.cumsum(need) - 1
+      take = need & (qi < queue.count)
+      qi = jnp.clip(qi, 0, width - 1)
+      slot = jnp.where(take, queue.slot[qi], st.slot)
+      j = jnp.where(take, queue.j[qi], st.j)
+      g = jnp.where(take, queue.g[qi], st.g)
+      first = pool.first[slot, j]
+      start_end = jnp.where(is_stop(first), 1, 2 if max_new == 1 else 0)
+      active = jnp.where(take, start_end == 0, st.active & ~need)
+      tok = jnp.where(take, first, st.tok)
+      n = jnp.where(take, 1, st.n)
+      cache = dataclasses.replace(st.cache, valid=st.cache.valid & ~take[:, None])
+      head = head + jnp.sum(take)
 
-    def assign(need, st):
-      """Rows in `need` take their problem's next pending samples (or go idle)."""
-      rank = jnp.cumsum(need.reshape(P, S), axis=1) - 1
-      new_j = (st.next_j[:, None] + rank).reshape(B)
-      j = jnp.where(need, new_j, st.j)
-      has = j < N
-      gidx = row_problem * N + jnp.minimum(j, N - 1)
-      ftok = first.reshape(P * N)[gidx]
-      window = jnp.where(need[:, None], jnp.concatenate(
-          [jnp.full((B, width - 1), -1, jnp.int32), ftok[:, None]], axis=1), st.window)
-      fstop = need & has & stops(ftok, window)            # a sample that is empty: done at once
-      live = need & has & ~fstop
-      # with a budget of one token the first token completes the sample (out_len stays
-      # max_new = 1, unfinished): the row takes new work at once instead of decoding a second
-      # token over the first
-      full = live if max_new == 1 else jnp.zeros_like(live)
-      drop = P * N                                         # out-of-range index: write nothing
-      st = dataclasses.replace(
-          st, j=j, window=window,
-          next_j=st.next_j + jnp.sum(need.reshape(P, S), axis=1),
-          tok=jnp.where(need, ftok, st.tok), n=jnp.where(need, 1, st.n),
-          active=jnp.where(need, live & ~full, st.active), pending=fstop | full,
-          out=st.out.at[jnp.where(live, gidx, drop), 0].set(ftok, mode="drop"),
-          out_len=st.out_len.at[jnp.where(fstop, gidx, drop)].set(0, mode="drop"),
-          out_fin=st.out_fin.at[jnp.where(fstop, gidx, drop)].set(True, mode="drop"),
-          cache=dataclasses.replace(st.cache, valid=st.cache.valid & ~need[:, None]))
-      return st
+      positions = (pool.length[slot] + n - 1)[:, None]
+      prefix = dataclasses.replace(pool.prefix, row_slot=slot)
+      logits, cache = llama.forward(params, cfg, tok[:, None], positions,
+                                    segment_ids=active[:, None].astype(jnp.int32), cache=cache,
+                                    prefix=prefix, cache_read_buckets=self.ecfg.cache_read_buckets)
+      keys = _sample_keys(seed, pool.key[slot], j)
+      u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(keys, n)
+      nxt = sample_tokens(logits[:, 0], u, sampler)
+      tok_end = jnp.where(is_stop(nxt), 1, jnp.where(n + 1 >= max_new, 2, 0))
+      ended = active & (tok_end != 0)
+      events = Events(start_g=jnp.where(take, g, -1), start_tok=first, start_end=start_end,
+                      tok_g=jnp.where(active, g, -1), tok=nxt, tok_end=tok_end)
+      st = DecodeState(cache=cache, slot=slot, j=j, g=g, tok=jnp.where(active, nxt, tok),
+                       n=jnp.where(active, n + 1, n), active=active & ~ended,
+                       pending=(take & (start_end != 0)) | ended)
+      return (st, head), events
 
-    cache = llama.init_cache(cfg, B, max_new, stacked=False, dtype=cfg.compute_dtype)
-    st = DecodeState(step=jnp.zeros((), jnp.int32), cache=cache,
-                     j=jnp.full((B,), -1, jnp.int32), next_j=jnp.zeros((P,), jnp.int32),
-                     tok=jnp.zeros((B,), jnp.int32), n=jnp.zeros((B,), jnp.int32),
-                     active=jnp.zeros((B,), bool), pending=jnp.zeros((B,), bool),
-                     window=jnp.full((B, width), -1, jnp.int32),
-                     out=jnp.zeros((P * N, max_new), jnp.int32),
-                     out_len=jnp.full((P * N,), max_new, jnp.int32),
-                     out_fin=jnp.zeros((P * N,), bool))
-    st = assign(jnp.ones((B,), bool), st)
-    step_cap = (-(-N // S) + 1) * max_new + 1
-
-    def cond(st):
-      return jnp.any(st.active | st.pending) & (st.step < step_cap)
-
-    def body(st):
-      n, active = st.n, st.active
-      logits, cache = llama.forward(params, cfg, st.tok[:, None], (row_len + n - 1)[:, None],
-                                    cache=st.cache, prefix=prefix,
-                                    cache_read_buckets=ecfg.cache_read_buckets)
-      gidx = row_problem * N + jnp.clip(st.j, 0, N - 1)
-      u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(flat_keys[gidx], n)
-      nxt = sample_tokens(logits[:, 0], u, temperature, top_p, top_k, filtered)
-      window = jnp.concatenate([st.window[:, 1:], nxt[:, None]], axis=1)
-      hit = active & stops(nxt, window)
-      write = active & ~hit
-      full = write & (n + 1 >= max_new)
-      drop = P * N
-      out = st.out.at[jnp.where(write, gidx, drop), jnp.minimum(n, max_new - 1)].set(
-          nxt, mode="drop")
-      ended = hit | full
-      out_len = st.out_len.at[jnp.where(ended, gidx, drop)].set(jnp.where(hit, n, max_new),
-                                                                   mode="drop")
-      out_fin = st.out_fin.at[jnp.where(ended, gidx, drop)].set(hit, mode="drop")
-      st = dataclasses.replace(st, step=st.step + 1, cache=cache, tok=nxt, n=n + 1,
-                               window=window, out=out, out_len=out_len, out_fin=out_fin)
-      return assign(ended | st.pending, st)
-
-    st = jax.lax.while_loop(cond, body, st)
-    return st.out, st.out_len, st.out_fin, st.step
+    (state, head), events = jax.lax.scan(step, (state, jnp.zeros((), jnp.int32)), None,
+                                         length=steps)
+    return state, head, events
 
   # ---- host side ----------------------------------------------------------------------------
-  def _shard_batch(self, x):
+  def _put(self, x, axes):
     if self.mesh is None:
-      return x
-    spec = sharding_rules.logical_to_spec(("batch",) + (None,) * (np.ndim(x) - 1),
-                                          mesh=self.mesh, shape=np.shape(x), name="sampler batch")
-    return jax.device_put(x, NamedSharding(self.mesh, spec))
+      return jnp.asarray(x)
+    return jax.device_put(np.asarray(x), self._sharding(axes, np.shape(x)))
 
-  def generate(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str], num_samples: int,
-               sampling: SamplingParams, seed: int = 0) -> list[Samples]:
-    """N samples for each prompt (token ids), in batches of P problems."""
+  def generate(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str],
+               num_samples: int, sampling: SamplingParams, seed: int = 0,
+               on_problem: Callable[[int, Samples], None] | None = None) -> list[Samples]:
+    """N samples of every prompt (token ids) through the row pool. `on_problem(i, samples)` is
+    called as soon as problem i's last sample ends (problems end roughly in order)."""
     if len(prompts) != len(problem_ids):
       raise ValueError("prompts and problem_ids differ in length")
-    results: list[Samples] = []
-    P = self.ecfg.problems_per_batch
-    for start in range(0, len(prompts), P):
-      batch = list(prompts[start:start + P])
-      ids = list(problem_ids[start:start + P])
-      results.extend(self._generate_batch(batch, ids, num_samples, sampling, seed)[:len(batch)])
-    return results
-
-  def _generate_batch(self, prompts, problem_ids, num_samples, sampling, seed) -> list[Samples]:
-    P = self.ecfg.problems_per_batch
-    real = len(prompts)
-    prompts = prompts + [prompts[-1]] * (P - real)          # pad the batch to a fixed shape
-    problem_ids = problem_ids + [problem_ids[-1]] * (P - real)
-    lengths = np.array([len(p) for p in prompts], np.int32)
-    if lengths.min() == 0:
-      raise ValueError("empty prompt")
+    if not prompts:
+      return []
     limit = self.ecfg.max_prompt_len or self.cfg.max_position_embeddings - self.ecfg.max_new_tokens
-    if lengths.max() > limit:
-      raise ValueError(f"prompt of {lengths.max()} tokens exceeds the limit {limit}")
-    t = prompt_bucket(int(lengths.max()))
-    tokens = np.zeros((P, t), np.int32)
     for i, p in enumerate(prompts):
-      tokens[i, :len(p)] = p
-    self._note_shape(("prefill", P, t))
-    prefix, last = self._prefill(self.params, self._shard_batch(tokens), self._shard_batch(lengths))
-    S = min(self.ecfg.slots_per_problem, num_samples)
-    keys = np.array([problem_key(i) for i in problem_ids], np.int32)
-    self._note_shape(("decode", P, S, num_samples, t, self.ecfg.max_new_tokens, sampling.filtered))
-    tic = time.perf_counter()
-    out, out_len, out_fin, steps = self._decode(
-        self.params, prefix, last, self._shard_batch(lengths), self._shard_batch(keys),
-        jnp.int32(seed), jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-        jnp.int32(sampling.top_k), num_samples=num_samples, slots=S, filtered=sampling.filtered)
-    out, out_len, out_fin = np.asarray(out), np.asarray(out_len), np.asarray(out_fin)
-    self.decode_seconds += time.perf_counter() - tic
-    self.decode_steps += int(steps)
-    results = []
-    for i in range(real):
-      rows = range(i * num_samples, (i + 1) * num_samples)
-      results.append(Samples(tokens=[out[r, :out_len[r]].tolist() for r in rows],
-                             finished=[bool(out_fin[r]) for r in rows]))
-      self.new_tokens += int(sum(out_len[r] + out_fin[r] for r in rows))
+      if not len(p):
+        raise ValueError(f"prompt {i} ({problem_ids[i]}) is empty")
+      if len(p) > limit:
+        raise ValueError(f"prompt {i} ({problem_ids[i]}) has {len(p)} tokens, over the limit "
+                         f"{limit} (max_position_embeddings - max_new_tokens)")
+    N = num_samples
+    rows, slots, width = self.shapes([len(p) for p in prompts], N)
+    sampler = sampling.traced()
+    seed = jnp.int32(seed)
+    self._note_shape(("decode", rows, slots, width, N, self.ecfg.max_new_tokens,
+                      self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules)))
+    pool, state = self.init_state(rows, slots, width, N)
+    queue_len = self.specs(rows, slots, width, N)[2].slot.shape[0]
+    problems = [_Problem(i, list(p), problem_key(pid)) for i, (p, pid) in
+                enumerate(zip(prompts, problem_ids))]
+    tokens: list[list[list[int]]] = [[[] for _ in range(N)] for _ in problems]
+    finished = [[False] * N for _ in problems]
+    texts: list[list[str | None]] = [[None] * N for _ in problems]
+    ended = np.zeros((len(problems), N), bool)
+    checked = np.zeros((len(problems), N), np.int64)     # text length already searched
+    results: list[Samples | None] = [None] * len(problems)
+    free_slots = list(range(slots))
+    resident: list[_Problem] = []
+    upcoming = list(problems)
+    row_g = np.full(rows, -1, np.int64)                  # host mirror: each row's sample
+    kill = np.zeros(rows, bool)
+    remaining = len(problems) * N
+
+    def end_sample(g: int, is_finished: bool) -> None:
+      nonlocal remaining
+      p, j = divmod(g, N)
+      toks = tokens[p][j]
+      text = None
+      if self.detokenize is not None:
+        keep, text = (self.stops.find(toks, int(checked[p, j])) if self.stops
+                      else (None, self.detokenize(toks)))
+        if keep is not None:
+          del toks[keep:]
+          is_finished = True
+      texts[p][j] = text
+      finished[p][j] = is_finished
+      ended[p, j] = True
+      remaining -= 1
+      self.stats.useful_tokens += len(toks) + int(is_finished)
+      self.stats.samples += 1
+      prob = problems[p]
+      prob.ended += 1
+      if prob.ended == N:
+        resident.remove(prob)
+        free_slots.append(prob.slot)
+        results[p] = Samples(tokens=tokens[p], finished=finished[p],
+                             texts=None if self.detokenize is None else texts[p])
+        if on_problem is not None:
+          tic = time.perf_counter()
+          on_problem(p, results[p])
+          self.stats.callback_s += time.perf_counter() - tic
+
+    while remaining:
+      tic = time.perf_counter()
+      while free_slots and upcoming:                       # prefill into free slots
+        prob = upcoming.pop(0)
+        prob.slot = free_slots.pop(0)
+        t = min(prompt_bucket(len(prob.prompt)), width)
+        toks = np.zeros((1, t), np.int32)
+        toks[0, :len(prob.prompt)] = prob.prompt
+        self._note_shape(("prefill", t, N))
+        pool = self._prefill(self.params, pool, self._put(toks, (None, None)),
+                             jnp.int32(len(prob.prompt)), jnp.int32(prob.slot),
+                             jnp.int32(prob.key), seed, sampler, num_samples=N)
+        resident.append(prob)
+      jax.block_until_ready(pool)
+      toc = time.perf_counter()
+      self.stats.prefill_s += toc - tic
+      items = [(prob.slot, j, prob.index * N + j) for prob in resident
+               for j in range(prob.next_j, N)][:queue_len]
+      q = np.zeros((3, queue_len), np.int32)
+      if items:
+        q[:, :len(items)] = np.array(items, np.int32).T
+      queue = WorkQueue(slot=self._put(q[0], (None,)), j=self._put(q[1], (None,)),
+                        g=self._put(q[2], (None,)), count=jnp.int32(len(items)))
+      if not items and not (row_g >= 0).any():
+        raise RuntimeError("sampler scheduler stalled: no queued work and no live row")
+      tic = time.perf_counter()
+      self.stats.host_s += tic - toc
+      state, taken, ev = self._decode(self.params, pool, state, queue,
+                                      self._put(kill, ("batch",)), seed, sampler,
+                                      steps=self.ecfg.chunk_steps)
+      taken = int(taken)
+      ev = jax.tree.map(np.asarray, ev)
+      toc = time.perf_counter()
+      self.stats.decode_s += toc - tic
+      self.stats.chunks += 1
+      self.stats.row_steps += rows * self.ecfg.chunk_steps
+      self.stats.decode_flops += self.ecfg.chunk_steps * step_flops(
+          self.cfg, rows, slots * width + self.ecfg.max_new_tokens)   # every slot is computed
+      for slot_, j, g in items[:taken]:
+        problems[g // N].next_j += 1
+      kill[:] = False
+      grew = set()
+      live_steps = int((ev.tok_g >= 0).sum())
+      self.stats.decoded += live_steps + int((ev.start_g >= 0).sum())
+      if taken < len(items):
+        self.stats.idle_while_queued += (rows * self.ecfg.chunk_steps - live_steps - int(
+            ((ev.start_g >= 0) & (ev.start_end != 0)).sum()))
+      for s in range(self.ecfg.chunk_steps):
+        for r in np.flatnonzero(ev.start_g[s] >= 0):
+          g = int(ev.start_g[s, r])
+          row_g[r] = g
+          end = int(ev.start_end[s, r])
+          if end != 1:
+            tokens[g // N][g % N].append(int(ev.start_tok[s, r]))
+            grew.add(g)
+          if end:
+            row_g[r] = -1
+            end_sample(g, end == 1)
+        for r in np.flatnonzero(ev.tok_g[s] >= 0):
+          g = int(ev.tok_g[s, r])
+          if ended[g // N, g % N]:                          # cut by a stop string: discarded
+            continue
+          end = int(ev.tok_end[s, r])
+          if end != 1:
+            tokens[g // N][g % N].append(int(ev.tok[s, r]))
+            grew.add(g)
+          if end:
+            row_g[r] = -1
+            end_sample(g, end == 1)
+      if self.stops:                                       # stop strings in the new text
+        for g in grew:
+          p, j = divmod(g, N)
+          if ended[p, j]:
+            continue
+          keep, text = self.stops.find(tokens[p][j], int(checked[p, j]))
+          if keep is None:
+            checked[p, j] = len(text)
+            continue
+          kill |= row_g == g
+          row_g[row_g == g] = -1
+          end_sample(g, True)
+      self.stats.host_s += time.perf_counter() - toc
     return results
 
   def _note_shape(self, key: tuple) -> None:
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
       log.info("compiling %s (programs so far: %d)", key, len(self.compiled_shapes))
+
+
+POOL_AXES = (None, "cache_heads", None, "head_dim")   # prompt slots are read by every row
+# the prefill of one prompt: its batch of 1 is not split over the data-parallel axes
+PREFILL_RULES = {**sharding_rules.DEFAULT_RULES, "batch": None, "cache_batch": None}
+
+
+def _sample_keys(seed, problem_key_, j):
+  """The key of sample j of a problem (vectorised over j / rows)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda k, jj: jax.random.fold_in(jax.random.fold_in(base, k), jj))(
+      jnp.broadcast_to(problem_key_, jnp.shape(j)), j)

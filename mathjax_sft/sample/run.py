@@ -1,11 +1,14 @@
 """A sampling run: problems -> prompts -> N samples each -> graded records -> summary.json.
 
-Resumable: `samples.jsonl` gets one line per finished problem (append-only, fsynced); a re-run
-with the same settings skips problems already written. Problems are batched in a fixed order, so
-a batch recomputed after a crash holds the same problems as before and gives the same samples.
+All problems go through one `Engine.generate` call (a scheduler over a fixed pool of decode
+rows); each problem is graded and written as soon as its last sample ends. Resumable:
+`samples.jsonl` gets one line per finished problem (append-only, fsynced); a re-run with the same
+settings skips problems already written. A problem's samples depend only on (seed, problem,
+sample index), not on the pool, the chunk size or which problems shared the pool, so a problem
+recomputed after a crash gives the same samples.
 
-Multi-host (after `jax.distributed.initialize`): data parallel over problems. Batch k of P
-problems belongs to process k % process_count, which decodes it on its own devices (a mesh over
+Multi-host (after `jax.distributed.initialize`): data parallel over problems. Problem i belongs
+to process i % process_count, which decodes it on its own devices (a mesh over
 `jax.local_devices()`; no collectives in the decode loop) and appends to its own
 `samples.<i>-of-<n>.jsonl` in the shared output directory. After a barrier, process 0 reads every
 samples file and writes `summary.json`. A resume reads all samples files, so it may use another
@@ -58,8 +61,9 @@ class SampleRunConfig:
   template: str | None = None        # None: the checkpoint's prompt_format.json, else "chat"
   system_prompt: str | None = None
   stop_strings: tuple[str, ...] = ()   # besides the template's own (templates.STOP_STRINGS)
-  problems_per_batch: int = 4
-  slots_per_problem: int = 64
+  rows: int | None = None            # decode rows (None: from device memory and the model)
+  prefix_slots: int | None = None    # prompts resident at once (None: rows // N + 3)
+  chunk_steps: int = 8               # decode steps between two rounds of host scheduling
   compute_dtype: str = "float32"
   param_dtype: str | None = None     # cast weights while loading (e.g. bfloat16)
   mesh_shape: tuple[int, ...] | None = None
@@ -103,7 +107,7 @@ class SampleRunConfig:
     """What must not change between a run and its resumption."""
     keep = ("checkpoint", "dataset", "num_samples", "temperature", "top_p", "top_k",
             "max_new_tokens", "seed", "template", "system_prompt", "stop_strings",
-            "problems_per_batch", "slots_per_problem", "compute_dtype", "param_dtype")
+            "compute_dtype", "param_dtype")
     out = {k: getattr(self, k) for k in keep}
     out["checkpoint"] = str(Path(self.checkpoint).absolute())
     out["stop_strings"] = list(self.stop_strings)
@@ -118,23 +122,44 @@ def enable_compilation_cache(path: str | None = None) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def truncate_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
-  cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-  return text[:cut]
-
-
-def _check_settings(out_dir: Path, settings: dict) -> None:
+def _check_settings(out_dir: Path, settings: dict) -> bool:
+  """Raises if `out_dir` holds a run with other settings (naming each differing field); returns
+  whether settings.json exists (it is written only once the run's inputs have loaded)."""
   path = out_dir / SETTINGS_FILE
-  if path.exists():
-    old = json.loads(path.read_text())
-    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-    if diff:
-      raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use a new "
-                       "--output_dir or delete it")
-  else:   # atomic: several processes may write the same file at once
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    tmp.replace(path)
+  if not path.exists():
+    return False
+  old = json.loads(path.read_text())
+  diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+  if diff:
+    fields = "; ".join(f"{k}: {a!r} (in the directory) vs {b!r} (now)" for k, (a, b) in diff.items())
+    raise ValueError(f"{out_dir} holds a run with other settings: {fields}. Use a new "
+                     "--output_dir or delete it")
+  return True
+
+
+def _write_settings(out_dir: Path, settings: dict) -> None:
+  path = out_dir / SETTINGS_FILE   # atomic: several processes may write the same file at once
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(json.dumps(settings, indent=2) + "\n")
+  tmp.replace(path)
+
+
+def _check_records(records: dict[str, dict], problems, prompt_texts: list[str]) -> None:
+  """Samples already in the directory must be of the same problems: same gold, same prompt
+  (question and template). A changed problems file is refused, naming the problems."""
+  stale = []
+  for problem, prompt in zip(problems, prompt_texts):
+    rec = records.get(problem.id)
+    if rec is None:
+      continue
+    fields = [f for f, a, b in (("gold", rec.get("gold"), problem.gold),
+                                ("question/prompt", rec.get("prompt"), prompt)) if a != b]
+    if fields:
+      stale.append(f"{problem.id} ({', '.join(fields)})")
+  if stale:
+    raise ValueError(f"{len(stale)} problems already sampled in this directory differ from the "
+                     f"problems file now: {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; "
+                     "use a new --output_dir")
 
 
 def samples_file(process_index: int, process_count: int) -> str:
@@ -156,18 +181,23 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   """Samples, grades and summarises; returns the summary (also written to summary.json)."""
   from transformers import AutoTokenizer
   start = time.perf_counter()
+  ckpt.check_model_dir(cfg.checkpoint)
   cfg = cfg.with_checkpoint_format()
   out_dir = Path(cfg.output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   settings = cfg.settings()
-  _check_settings(out_dir, settings)
+  settings["checkpoint_fingerprint"] = ckpt.fingerprint(cfg.checkpoint)
+  if out_dir.exists():
+    _check_settings(out_dir, settings)
 
   problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems)
+  if not problems:
+    raise ValueError(f"--dataset={cfg.dataset} holds no problems")
   tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
   prompt_texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
                   for p in problems]
   add_special = templates.ADD_SPECIAL_TOKENS[cfg.template]
   prompt_ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in prompt_texts]
+  _check_records(read_records(out_dir) if out_dir.exists() else {}, problems, prompt_texts)
 
   rank, world = jax.process_index(), jax.process_count()
   mesh = (mesh_lib.make_mesh(cfg.mesh_shape, devices=jax.local_devices()) if cfg.mesh_shape
@@ -176,50 +206,52 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   if cfg.param_dtype:
     overrides["param_dtype"] = cfg.param_dtype
   params, model_cfg = ckpt.load_params(cfg.checkpoint, mesh=mesh, **overrides)
-  stop_seqs = tuple(tuple(tokenizer(s, add_special_tokens=False)["input_ids"])
-                    for s in cfg.all_stop_strings)
+  detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   engine = Engine(params, model_cfg, EngineConfig(
-      max_new_tokens=cfg.max_new_tokens, problems_per_batch=cfg.problems_per_batch,
-      slots_per_problem=cfg.slots_per_problem, stop_sequences=stop_seqs), mesh=mesh, donate=True)
+      max_new_tokens=cfg.max_new_tokens, rows=cfg.rows, prefix_slots=cfg.prefix_slots,
+      chunk_steps=cfg.chunk_steps, stop_strings=cfg.all_stop_strings), mesh=mesh, donate=True,
+      detokenize=detokenize)
   del params   # donated: the engine holds the only copy of the weights
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if not _check_settings(out_dir, settings):   # every input has loaded: the run is real
+    _write_settings(out_dir, settings)
 
   done = set(read_records(out_dir))
   store = JsonlStore(out_dir / samples_file(rank, world))
-  P = cfg.problems_per_batch
-  mine = [b0 for b0 in range(0, len(problems), P) if (b0 // P) % world == rank]
-  bar = tqdm(total=sum(len(problems[b0:b0 + P]) for b0 in mine),
-             initial=sum(p.id in done for b0 in mine for p in problems[b0:b0 + P]),
+  mine = [i for i in range(len(problems)) if i % world == rank]
+  todo = [i for i in mine if problems[i].id not in done]
+  bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
              desc="problems" if world == 1 else f"problems (process {rank})", unit="problem",
              disable=not show_progress)
+  grade_s = 0.0
   with Grader(num_workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s) as grader:
-    for b0 in mine:
-      batch = problems[b0:b0 + P]
-      if all(p.id in done for p in batch):
-        continue
-      samples = engine.generate(prompt_ids[b0:b0 + P], [p.id for p in batch], cfg.num_samples,
-                                sampling, cfg.seed)
-      texts = [[truncate_at_stop(tokenizer.decode(t, skip_special_tokens=True),
-                                 cfg.all_stop_strings)
-                for t in s.tokens] for s in samples]
-      recs = records_lib.make_records(batch, texts, grader)
-      for i, (problem, rec, s) in enumerate(zip(batch, recs, samples)):
-        if problem.id in done:
-          continue
-        rec["prompt"] = prompt_texts[b0 + i]
-        for sample, tokens, finished in zip(rec["samples"], s.tokens, s.finished):
-          sample["num_tokens"] = len(tokens)
-          sample["finished"] = finished
-        store.append(rec)
-        done.add(problem.id)
-        bar.update()
-      if engine.decode_seconds:
-        bar.set_postfix(tok_s=f"{engine.new_tokens / engine.decode_seconds:.0f}")
+    def finish(k: int, samples) -> None:
+      nonlocal grade_s
+      tic = time.perf_counter()
+      i = todo[k]
+      rec = records_lib.make_records([problems[i]], [samples.texts], grader)[0]
+      rec["prompt"] = prompt_texts[i]
+      rec["question"] = problems[i].question
+      for sample, tokens, finished in zip(rec["samples"], samples.tokens, samples.finished):
+        sample["num_tokens"] = len(tokens)
+        sample["finished"] = finished
+      store.append(rec)
+      grade_s += time.perf_counter() - tic
+      bar.update()
+      st = engine.stats
+      if st.decode_s:
+        bar.set_postfix(tok_s=f"{st.useful_tokens / (st.decode_s + st.prefill_s):.0f}",
+                        util=f"{st.utilisation:.2f}")
+
+    engine.generate([prompt_ids[i] for i in todo], [problems[i].id for i in todo],
+                    cfg.num_samples, sampling, cfg.seed, on_problem=finish)
   bar.close()
   store.close()
 
-  tokens = np.array([engine.new_tokens], np.int32)
-  seconds = np.array([engine.decode_seconds], np.float32)
+  st = engine.stats
+  tokens = np.array([st.useful_tokens], np.int64)
+  seconds = np.array([st.decode_s + st.prefill_s], np.float64)
   if world > 1:      # every process's tokens and seconds; also a barrier: all files are complete
     tokens = np.asarray(multihost_utils.process_allgather(tokens)).reshape(world)
     seconds = np.asarray(multihost_utils.process_allgather(seconds)).reshape(world)
@@ -230,17 +262,29 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
                        f"{missing[0]}); is the output directory shared by every host?")
   ordered = [by_id[p.id] for p in problems]
   summary = metrics.summarize(ordered)
+  extra = set(by_id) - {p.id for p in problems}
   summary["settings"] = settings
   summary["model"] = {"checkpoint": settings["checkpoint"], "params": model_cfg.num_params()}
   per_process = [float(t) / float(s) if s else 0.0 for t, s in zip(tokens, seconds)]
   summary["this_run"] = {   # speed of this invocation (not part of the result)
       "wall_s": round(time.perf_counter() - start, 2),
       "processes": world,
+      "sampled_problems": len(todo),      # this process, this invocation (0: all were done)
       "new_tokens": int(tokens.sum()),
       "decode_s": round(float(seconds.max()), 2),
       "tokens_per_s": round(sum(per_process), 1) if seconds.any() else None,   # all processes
+      "utilisation": round(st.utilisation, 4),                 # this process
+      "seconds": {"prefill": round(st.prefill_s, 2), "decode": round(st.decode_s, 2),
+                  "host_scheduling": round(st.host_s, 2),
+                  "grading": round(grade_s, 2)},
+      "decode_flops": st.decode_flops,
+      "engine": st.as_dict(),
       "compiled_programs": sorted(map(str, engine.compiled_shapes)),
   }
+  # a directory that holds more problems than asked now keeps its summary.json: the subset is
+  # summarised into its own file
+  summary_path = out_dir / (SUMMARY_FILE if not extra else f"summary.first-{len(problems)}.json")
+  summary["this_run"]["summary_file"] = str(summary_path)
   if rank == 0:
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
   return summary

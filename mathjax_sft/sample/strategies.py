@@ -1,5 +1,12 @@
 """Turning logits into tokens: greedy, temperature, top-k, top-p — all traced values.
 
+A sampling rule is one small class (`Rule`) behind one method: it maps scaled logits (descending
+order when any rule `sorts`) to filtered ones (-inf = dropped). `SamplingParams` holds the user's
+settings and lists its rules in transformers' order (temperature, then top-k, then top-p over the
+renormalised top-k); a new rule (e.g. min-p) is one class here plus its field. Rule values are
+pytree leaves, so a sweep over them does not recompile; which rules are on is the pytree
+structure, so turning a filter on or off does.
+
 Sampling is inverse-CDF: one uniform per row, compared against the running sum of the
 (unnormalised) probabilities. It draws from exactly the softmax distribution, costs two short
 running sums (over vocabulary blocks, then inside one block) and — unlike Gumbel-max
@@ -7,17 +14,56 @@ running sums (over vocabulary blocks, then inside one block) and — unlike Gumb
 entry (DESIGN.md §6: 47 ms vs 0.8 ms per step at batch 64 on CPU). Profiled in the decode loop
 (batch 64, 49K vocabulary, 2-core AVX2 CPU): ~22 ms per step with one running sum over the whole
 vocabulary (XLA:CPU lowers it to a reduce-window) and an argmax computed on every step; ~2.5 ms
-with the two-level sum and greedy behind a `cond`. `temperature`, `top_p`, `top_k` are traced,
-so a sweep does not recompile; only whether filtering is on at all (`filtered`) is static,
-because it needs a full sort.
+with the two-level sum and greedy behind a `cond`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+
+
+class Rule(abc.ABC):
+  """One logits processor. `sorts`: it needs the logits in descending order (a full sort)."""
+  sorts: ClassVar[bool] = False
+
+  @abc.abstractmethod
+  def __call__(self, z: jax.Array) -> jax.Array:
+    """z [b, v] float32 logits (temperature applied, max 0) -> the same with dropped tokens at
+    -inf."""
+
+
+def _rule(cls):
+  """A frozen dataclass whose fields are traced pytree leaves."""
+  cls = dataclasses.dataclass(frozen=True)(cls)
+  return jax.tree_util.register_dataclass(cls)
+
+
+@_rule
+class TopK(Rule):
+  """Keep the k most likely tokens."""
+  k: jax.Array
+  sorts: ClassVar[bool] = True
+
+  def __call__(self, z):
+    return jnp.where(jnp.arange(z.shape[-1])[None, :] < self.k, z, -jnp.inf)
+
+
+@_rule
+class TopP(Rule):
+  """Keep the smallest most-likely set whose (renormalised) probability reaches p: .5/.3/.15/.05
+  after top-k 2 is .625/.375, so p = .55 keeps one token."""
+  p: jax.Array
+  sorts: ClassVar[bool] = True
+
+  def __call__(self, z):
+    probs = jax.nn.softmax(z, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < self.p              # always keeps the top
+    return jnp.where(keep, z, -jnp.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,26 +81,38 @@ class SamplingParams:
     if self.top_k < 0:
       raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
-  @property
-  def filtered(self) -> bool:
-    return self.top_p < 1.0 or self.top_k > 0
+  def rules(self) -> tuple[Rule, ...]:
+    """The filters that are on, in the order they apply (after temperature)."""
+    out: list[Rule] = []
+    if self.top_k > 0:
+      out.append(TopK(jnp.int32(self.top_k)))
+    if self.top_p < 1.0:
+      out.append(TopP(jnp.float32(self.top_p)))
+    return tuple(out)
+
+  def traced(self) -> "Sampler":
+    return Sampler(jnp.float32(self.temperature), self.rules())
 
 
-def _weights(logits: jax.Array, temperature, top_p, top_k, filtered: bool):
-  """Unnormalised sampling weights [b, v] (in descending order when `filtered`) and that order."""
-  z = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """What a jitted program receives: the temperature and the rules (a pytree)."""
+  temperature: jax.Array
+  rules: tuple[Rule, ...]
+
+
+def weights(logits: jax.Array, sampler: Sampler) -> tuple[jax.Array, jax.Array | None]:
+  """Unnormalised sampling weights [b, v] (in descending order if a rule sorts) and that order."""
+  z = logits.astype(jnp.float32) / jnp.maximum(sampler.temperature, 1e-6)
   z = z - jnp.max(z, axis=-1, keepdims=True)
-  if not filtered:
-    return jnp.exp(z), None
-  order = jnp.argsort(-z, axis=-1)                                       # [b, v] descending
-  w = jnp.exp(jnp.take_along_axis(z, order, axis=-1))
-  rank = jnp.arange(z.shape[-1])[None, :]
-  # top-k first, then top-p over the renormalised top-k (transformers' and vLLM's order):
-  # probabilities .5/.3/.15/.05, k=2, p=.55 keep one token (.5/.8 = .625 >= .55), not two
-  w = jnp.where((top_k <= 0) | (rank < top_k), w, 0.0)
-  probs = w / jnp.sum(w, axis=-1, keepdims=True)
-  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p                   # always keeps the top
-  return jnp.where(keep, w, 0.0), order
+  order = None
+  if any(r.sorts for r in sampler.rules):
+    order = jnp.argsort(-z, axis=-1)                                   # [b, v] descending
+    z = jnp.take_along_axis(z, order, axis=-1)
+  for rule in sampler.rules:
+    z = rule(z)
+  return jnp.exp(z), order
 
 
 CDF_BLOCK = 256   # vocabulary entries per block of the two-level inverse CDF
@@ -91,24 +149,21 @@ def _lookup(weights: jax.Array, order, u: jax.Array) -> jax.Array:
   return idx.astype(jnp.int32)
 
 
-def sample_tokens(logits: jax.Array, u: jax.Array, temperature: jax.Array, top_p: jax.Array,
-                  top_k: jax.Array, filtered: bool = False) -> jax.Array:
+def sample_tokens(logits: jax.Array, u: jax.Array, sampler: Sampler) -> jax.Array:
   """logits [b, vocab], u [b] uniforms -> tokens [b] int32 (argmax when temperature == 0)."""
-  return sample_many(logits, u[:, None], temperature, top_p, top_k, filtered)[:, 0]
+  return sample_many(logits, u[:, None], sampler)[:, 0]
 
 
-def sample_many(logits: jax.Array, u: jax.Array, temperature: jax.Array, top_p: jax.Array,
-                top_k: jax.Array, filtered: bool = False) -> jax.Array:
+def sample_many(logits: jax.Array, u: jax.Array, sampler: Sampler) -> jax.Array:
   """Several draws per row from the same logits: logits [b, vocab], u [b, n] -> [b, n] int32.
 
   Draw (row, i) equals `sample_tokens(logits[row:row+1], u[row, i:i+1], ...)`: the weights and
   their block totals are computed once per row, then each uniform finds its block and its token.
   """
   def sampled():
-    weights, order = _weights(logits, temperature, top_p, top_k, filtered)
-    return _lookup(weights, order, u)
+    return _lookup(*weights(logits, sampler), u)
 
   def greedy():
     return jnp.broadcast_to(jnp.argmax(logits, axis=-1).astype(jnp.int32)[:, None], u.shape)
 
-  return jax.lax.cond(temperature > 0, sampled, greedy)   # only the branch taken runs
+  return jax.lax.cond(sampler.temperature > 0, sampled, greedy)   # only the branch taken runs

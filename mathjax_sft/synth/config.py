@@ -43,6 +43,8 @@ class SynthConfig:
   max_retry_after: float = 300.0     # longest server-requested wait we honour
   max_reply_retries: int = 2         # extra samples when a reply is empty / malformed / badly formatted
   max_consecutive_failures: int = 200  # abort (without recording) when the endpoint looks down
+  retry_rejected: bool = False       # also ask again rows that failed for a quality reason
+                                     # (transport failures are always asked again)
 
   # Cost estimate, USD per 1M tokens (defaults: GPT-4 Turbo list prices).
   price_prompt_per_million: float = 10.0

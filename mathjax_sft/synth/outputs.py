@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mathjax_sft.jsonl_store import JsonlStore
+from mathjax_sft.synth import retry
 from mathjax_sft.synth.usage import USAGE_NAME, UsageTracker
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class OutputDirBusy(RuntimeError):
 class OutputDir:
   """Opens (and locks) the directory, repairs torn tails, remembers which rows are done."""
 
-  def __init__(self, path: Path, question_field: str, fsync: bool = True):
+  def __init__(self, path: Path, question_field: str, fsync: bool = True,
+               retry_rejected: bool = False):
     self.path = Path(path)
     self.path.mkdir(parents=True, exist_ok=True)
     self._lock_fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -46,16 +48,25 @@ class OutputDir:
     self.done: set[str] = set()
     self.existing_questions: list[tuple[str, str]] = []   # (row id, question) of finished rows
     self.previous_rows = 0
-    self.previous_failures: collections.Counter[str] = collections.Counter()   # by reason
+    self.previous_failures: collections.Counter[str] = collections.Counter()   # final, by reason
+    self.pending_retry: set[str] = set()   # rows whose last failure was transient: asked again
     for record in self.rows:
       self._remember(record, self.rows.path)
+      self.pending_retry.discard(record.get("id"))
       self.previous_rows += 1
       question = record.get(question_field)
       if isinstance(question, str):
         self.existing_questions.append((record["id"], question))
     for record in self.failures:
+      reason = str(record.get("reason"))
+      row_id = record.get("id")
+      if reason in retry.RETRYABLE or retry_rejected:   # not final: the row is asked again
+        if row_id not in self.done:
+          self.pending_retry.add(row_id)
+        continue
+      self.pending_retry.discard(row_id)
       self._remember(record, self.failures.path)
-      self.previous_failures[str(record.get("reason"))] += 1
+      self.previous_failures[reason] += 1
     self.usage: UsageTracker | None = None
     self.progress = None  # a tqdm bar, set by the runner when wanted
 

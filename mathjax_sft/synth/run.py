@@ -19,7 +19,7 @@ from mathjax_sft.synth.filters import Decontaminator, DuplicateFilter, QuestionF
 from mathjax_sft.synth.formats import get_format
 from mathjax_sft.synth.logs import run_logging
 from mathjax_sft.synth.outputs import OutputDir
-from mathjax_sft.synth.pipeline import OnlinePipeline
+from mathjax_sft.synth.pipeline import OnlinePipeline, RunAborted
 from mathjax_sft.synth.ratelimit import RateLimiter
 from mathjax_sft.synth.redact import Redactor
 from mathjax_sft.synth.references import load_benchmark_questions, load_references
@@ -60,7 +60,8 @@ def run(config: SynthConfig, api_key: str | None = None) -> dict[str, Any]:
   redactor = Redactor([api_key])
   fmt = get_format(config.dataset_format)
   references = load_references(config.input_path, config.dataset_format, config.limit_references)
-  out = OutputDir(config.output_dir, fmt.question_field, fsync=config.fsync)
+  out = OutputDir(config.output_dir, fmt.question_field, fsync=config.fsync,
+                  retry_rejected=config.retry_rejected)
   try:
     with run_logging(out.path, redactor):
       return asyncio.run(_run(config, out, references, api_key, redactor))
@@ -74,9 +75,11 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
   log.info("synthesis run: %s", json.dumps(config.to_json(), sort_keys=True))
   tasks = make_tasks(references, config)
   pending = [t for t in tasks if t.id not in out.done]
-  log.info("%d references x %d = %d rows; %d already done (%d rows, %d failures), %d to do",
-           len(references), config.per_reference, len(tasks), len(tasks) - len(pending),
-           out.previous_rows, sum(out.previous_failures.values()), len(pending))
+  retrying = sum(t.id in out.pending_retry for t in pending)
+  log.info("%d references x %d = %d rows; %d already done (%d rows, %d final failures), %d to do "
+           "(%d of them failed for a transient reason before)", len(references),
+           config.per_reference, len(tasks), len(tasks) - len(pending), out.previous_rows,
+           sum(out.previous_failures.values()), len(pending), retrying)
   if out.rows.torn_bytes_removed or out.failures.torn_bytes_removed:
     log.warning("repaired torn last lines: rows.jsonl %d bytes, failures.jsonl %d bytes",
                 out.rows.torn_bytes_removed, out.failures.torn_bytes_removed)
@@ -111,6 +114,9 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
     usage.finished = True
   finally:
     usage.extra["dedup_index_size"] = len(filters.dedup)
+    transient = sum(n for r, n in usage.failures_by_reason.items() if r in retry.RETRYABLE)
+    usage.extra["pending_retry"] = transient            # asked again by the next run
+    usage.extra["final_failures"] = usage.rows_failed - transient
     written = usage.flush(force=True)
     if progress is not None:
       progress.close()
@@ -118,4 +124,12 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
       await client.close()
   summary = written["runs"][-1]
   log.info("run finished: %s; failures by reason %s", progress_line(summary), summary["failures_by_reason"])
+  transient = {r: n for r, n in summary["failures_by_reason"].items() if r in retry.RETRYABLE}
+  if pending and summary["rows_written"] == 0 and sum(transient.values()) == len(pending):
+    raise RunAborted(f"every one of the {len(pending)} rows of this run failed for a transport "
+                     f"reason ({transient}); is --base_url={config.base_url} reachable? They are "
+                     "pending: the same command asks them again")
+  if transient:
+    log.warning("%d rows failed for a transient reason %s and stay pending: re-run the same "
+                "command to ask them again", sum(transient.values()), transient)
   return written

@@ -16,6 +16,26 @@ REQUIRED_FIELDS = ("init_checkpoint", "train_files", "output_dir", "max_steps", 
                    "seq_len", "learning_rate", "checkpoint_every_steps", "seed")
 
 
+def field_docs() -> dict[str, str]:
+  """Every config field -> its default and its comment in `default_config` (for --help)."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  docs: dict[str, str] = {}
+  last = None
+  for line in inspect.getsource(default_config).splitlines():
+    m = re.match(r"\s*c\.(\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
+    if m:
+      last = m.group(1)
+      docs[last] = f"(default {m.group(2).strip()}) {m.group(3) or ''}".strip()
+      continue
+    m = re.match(r"\s*#\s*(.*)$", line)
+    if m and last is not None and not m.group(1).startswith("----"):
+      docs[last] += " " + m.group(1)
+    elif m:
+      last = None
+  return docs
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # ---- model ----

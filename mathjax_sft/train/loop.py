@@ -102,6 +102,9 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   config_lib.validate(config)
   c = ml_collections.ConfigDict(config.to_dict())
   c.lock()
+  if c.init_checkpoint:   # a missing or unconverted checkpoint is named now, not after loading
+    params_ckpt.check_model_dir(c.init_checkpoint, "--config.init_checkpoint",
+                                tokenizer=not c.tokenizer)
   distributed.initialize(c.coordinator_address, c.num_processes, c.process_id, c.distributed)
   if c.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", c.compilation_cache_dir)
@@ -113,6 +116,13 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   mesh = make_mesh(tuple(c.mesh_shape), devices)
   log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
            jax.process_count())
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = c.batch_size // c.grad_accum_steps
+  if micro % shards:
+    raise ValueError(f"--config.batch_size={c.batch_size} (per microbatch: {micro}, "
+                     f"grad_accum_steps={c.grad_accum_steps}) must be a multiple of the data x "
+                     f"fsdp mesh size {shards} ({mesh.size} devices, mesh {dict(mesh.shape)}); "
+                     "change batch_size or --config.mesh_shape")
 
   # ---- data ----
   tok_path = c.tokenizer or c.init_checkpoint
@@ -227,6 +237,7 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
     if saved_step == s:
       return
     ckpt.save(s, state, data_state, {**meta, "step": s, "last_metrics": last}, force=force)
+    writer.flush()             # TensorBoard events up to the checkpoint are on disk
     saved_step = s
 
   try:
@@ -341,6 +352,6 @@ def export_hf(checkpoint_dir: str, hf_dir: Path, shard_gib: float, progress: boo
     return None
   from mathjax_sft.convert import api as convert_api  # pylint: disable=import-outside-toplevel
   info = convert_api.export_checkpoint(checkpoint_dir, hf_dir, int(shard_gib * 2**30),
-                                       show_progress=progress)
+                                       show_progress=progress, overwrite=True)   # the run's own
   log.info("exported %s to HF format in %s (%.1f s)", checkpoint_dir, hf_dir, info["seconds"])
   return str(hf_dir)

@@ -112,6 +112,11 @@ class MetricsWriter:
     self._jsonl.write(json.dumps({"kind": kind, "step": int(step), **json.loads(text)}) + "\n")
     self._jsonl.flush()
 
+  def flush(self) -> None:
+    """Writes buffered TensorBoard events to disk (called at every checkpoint)."""
+    if self.enabled:
+      self._tb.flush()
+
   def close(self) -> None:
     if self.enabled:
       self._tb.close()

@@ -43,7 +43,7 @@ def test_round_trip_bit_exact_and_loads_in_transformers(tmp_path, name, dtype):
   src = tmp_path / "hf"
   model = _save_hf(cfg, src, dtype)
   assert (src / hf_io.INDEX_NAME).exists(), "test wants a sharded source"
-  api.import_checkpoint(src, tmp_path / "ckpt", show_progress=False)
+  api.import_checkpoint(src, tmp_path / "ckpt", show_progress=False, require_tokenizer=False)
   report = api.export_checkpoint(tmp_path / "ckpt", tmp_path / "out", max_shard_bytes=30_000,
                                  show_progress=False)
   assert len(report["files"]) > 1 and (tmp_path / "out" / hf_io.INDEX_NAME).exists()
@@ -93,8 +93,36 @@ def hf_dir(tmp_path):
   return tmp_path / "hf"
 
 
-def _import(src, tmp_path):
-  return api.import_checkpoint(src, tmp_path / "ckpt", show_progress=False)
+def _import(src, tmp_path):   # these HF dirs hold weights and config only
+  return api.import_checkpoint(src, tmp_path / "ckpt", show_progress=False,
+                               require_tokenizer=False)
+
+
+def test_failed_conversion_leaves_nothing_and_full_dirs_are_refused(hf_dir, tmp_path):
+  """A truncated second shard: the error names the file and no half-written checkpoint is left.
+  A non-empty output directory (another model) is refused unless overwrite, and an HF directory
+  without tokenizer files is refused before any tensor is read."""
+  shards = sorted(hf_dir.glob("*.safetensors"))
+  assert len(shards) > 1
+  data = shards[1].read_bytes()
+  shards[1].write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=shards[1].name):
+    _import(hf_dir, tmp_path)
+  assert not (tmp_path / "ckpt").exists()
+  assert not list(tmp_path.glob(".ckpt.partial-*"))
+  shards[1].write_bytes(data)
+  other = tmp_path / "ckpt"
+  other.mkdir()
+  (other / "config.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="not empty"):
+    _import(hf_dir, tmp_path)
+  assert (other / "config.json").read_text() == "{}"          # untouched
+  api.import_checkpoint(hf_dir, other, show_progress=False, require_tokenizer=False,
+                        overwrite=True)
+  assert ckpt.is_checkpoint_dir(other)
+  with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+    api.import_checkpoint(hf_dir, tmp_path / "new", show_progress=False)
+  assert not (tmp_path / "new").exists()
 
 
 def test_missing_shard_names_the_file(hf_dir, tmp_path):

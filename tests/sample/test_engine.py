@@ -1,4 +1,5 @@
-"""Sampling engine: greedy == transformers, shared prefix == independent recomputation, seeds."""
+"""Sampling engine: greedy == transformers, shared prefix == independent recomputation, samples
+independent of pool / chunk / order, stop strings on decoded text, accounting of work."""
 
 import functools
 import gc
@@ -30,8 +31,7 @@ def test_greedy_matches_transformers_generate(smollm2_checkpoint, smollm2_hf):
   tokenizer = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
   prompts = _gsm8k_prompts(tokenizer, 3)
   params, cfg = ckpt.load_params(smollm2_checkpoint)
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=40, problems_per_batch=2,
-                                            slots_per_problem=1))
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=40, rows=2, chunk_steps=16))
   ours = engine.generate(prompts, ["a", "b", "c"], 1, SamplingParams(temperature=0.0))
   for prompt, got in zip(prompts, ours):
     with torch.no_grad():
@@ -60,8 +60,7 @@ def _reference_sample(params, cfg, prompt, seed, pkey, j, steps, sampling, stop_
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def _ref_step(params, cfg, tokens, u, sampling):
   logits, _ = llama.forward(params, cfg, tokens)
-  return sample_tokens(logits[:, -1], u, jnp.float32(sampling.temperature),
-                       jnp.float32(sampling.top_p), jnp.int32(sampling.top_k), sampling.filtered)[0]
+  return sample_tokens(logits[:, -1], u, sampling.traced())[0]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +78,7 @@ def tiny():
 def test_shared_prefix_samples_equal_independent_recomputation(tiny, sampling):
   cfg, params, prompts = tiny
   steps = 10
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=steps, problems_per_batch=2,
-                                            slots_per_problem=3))
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=steps, rows=6, chunk_steps=4))
   ids = ["p0", "p1", "p2"]
   got = engine.generate(prompts, ids, 5, sampling, seed=3)
   distinct = set()
@@ -94,23 +92,44 @@ def test_shared_prefix_samples_equal_independent_recomputation(tiny, sampling):
   assert len(distinct) > 5, "samples should differ from each other"
 
 
-def test_same_seed_same_samples_whatever_the_batching(tiny):
+@pytest.mark.parametrize("rows,chunk,slots,order", [(4, 3, None, (0, 1, 2)), (7, 5, 1, (2, 1, 0)),
+                                                   (16, 8, 3, (1, 2, 0))])
+def test_samples_do_not_depend_on_pool_chunk_or_order(tiny, rows, chunk, slots, order):
+  """The same (seed, problem, sample index) gives the same tokens whatever the pool size, chunk
+  size, number of resident prompts and problem order, and whichever problems share the pool."""
   cfg, params, prompts = tiny
   ids = ["a", "b", "c"]
   sampling = SamplingParams(0.9)
-  runs = []
-  for ppb, spc in [(1, 8), (2, 3), (4, 2)]:
-    engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=ppb,
-                                              slots_per_problem=spc))
-    runs.append([r.tokens for r in engine.generate(prompts, ids, 6, sampling, seed=11)])
-  assert runs[0] == runs[1] == runs[2]
-  # a problem's samples do not depend on which problems share its batch
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=2,
-                                            slots_per_problem=6))
+  reference = Engine(params, cfg, EngineConfig(max_new_tokens=8, rows=2, chunk_steps=2,
+                                               prefix_slots=1))
+  want = {pid: r.tokens for pid, r in zip(ids, reference.generate(prompts, ids, 6, sampling, 11))}
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=8, rows=rows, chunk_steps=chunk,
+                                            prefix_slots=slots))
+  got = engine.generate([prompts[i] for i in order], [ids[i] for i in order], 6, sampling, 11)
+  assert {ids[i]: r.tokens for i, r in zip(order, got)} == want
   alone = engine.generate([prompts[2]], ["c"], 6, sampling, seed=11)[0].tokens
-  assert alone == runs[0][2]
+  assert alone == want["c"]
   other_seed = engine.generate(prompts, ids, 6, sampling, seed=12)
-  assert [r.tokens for r in other_seed] != runs[0]
+  assert [r.tokens for r in other_seed] != [want[i] for i in ids]
+
+
+def test_work_accounting_no_padding(tiny):
+  """Every token drawn belongs to a live sample and is kept (decoded == useful: no padded problem,
+  no padding row-steps), no row idles while work is queued, finished problems are reported as
+  they end, and the idle row-steps are only the run's tail."""
+  cfg, params, prompts = tiny
+  rows, chunk, max_new, n = 4, 3, 10, 5
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=max_new, rows=rows, chunk_steps=chunk))
+  seen = []
+  res = engine.generate(prompts, ["a", "b", "c"], n, SamplingParams(0.9), seed=1,
+                        on_problem=lambda i, s: seen.append(i))
+  st = engine.stats
+  useful = sum(len(t) + f for r in res for t, f in zip(r.tokens, r.finished))
+  assert st.useful_tokens == useful and st.decoded == useful and st.samples == 3 * n
+  assert st.idle_while_queued == 0
+  assert sorted(seen) == [0, 1, 2]
+  assert st.row_steps - (useful - st.samples) <= rows * (max_new + chunk)   # the tail only
+  assert 0 < st.utilisation <= 1
 
 
 def test_eos_stops_rows_and_loop_exits_early(tiny):
@@ -118,42 +137,84 @@ def test_eos_stops_rows_and_loop_exits_early(tiny):
   logits, _ = llama.forward(params, cfg, np.array([prompts[0]]))
   likely = int(jnp.argmax(logits[0, -1]))        # greedy's first token: make it a stop token
   engine = Engine(params, cfg.replace(eos_token_ids=(likely,)),
-                  EngineConfig(max_new_tokens=64, problems_per_batch=1, slots_per_problem=2))
+                  EngineConfig(max_new_tokens=64, rows=2, chunk_steps=4))
   res = engine.generate([prompts[0]], ["x"], 2, SamplingParams(temperature=0.0))[0]
   assert res.tokens == [[], []] and res.finished == [True, True]
-  assert engine.new_tokens == 2    # one (stop) token per row
-  assert engine.decode_steps <= 1  # and the loop did not run on to max_new_tokens
+  assert engine.stats.useful_tokens == 2    # one (stop) token per sample
+  assert engine.stats.chunks == 1           # and decoding did not run on to max_new_tokens
 
 
-def test_stop_sequences(tiny):
+def _letters(tokens):
+  """A detokenizer for the tiny model: two letters per token, so strings straddle tokens."""
+  return "".join(chr(97 + t % 26) + chr(97 + (t // 26) % 26) for t in tokens)
+
+
+def test_stop_strings_straddling_tokens_end_the_sample_at_the_string(tiny):
+  """A stop string made of the second letter of token b - 1 and the first of token b (no token
+  sequence matches it): the sample's text ends where the string starts, it keeps tokens
+  0..b-1 (token b - 1 holds the text's last letter), finished is True, and the tokens decoded
+  after it in the same chunk are discarded (less than one chunk of waste)."""
   cfg, params, prompts = tiny
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
-                                            slots_per_problem=1))
-  free = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0].tokens[0]
-  stop = tuple(free[3:5])
-  engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, problems_per_batch=1,
-                                            slots_per_problem=1, stop_sequences=(stop,)))
+  free = Engine(params, cfg, EngineConfig(max_new_tokens=12, rows=1), detokenize=_letters)
+  want = free.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0]
+  tokens = want.tokens[0]
+  text = _letters(tokens)
+  b = next(b for b in range(2, len(tokens) - 1) if text.find(text[2 * b - 1:2 * b + 1]) == 2 * b - 1)
+  stop = text[2 * b - 1:2 * b + 1]
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, rows=1, chunk_steps=8,
+                                            stop_strings=(stop,)), detokenize=_letters)
   res = engine.generate([prompts[1]], ["s"], 1, SamplingParams(temperature=0.0))[0]
-  first = next(i for i in range(len(free) - 1) if tuple(free[i:i + 2]) == stop)
-  assert res.finished == [True] and res.tokens[0] == free[:first + 1]
+  assert res.finished == [True]
+  assert res.texts[0] == text[:2 * b - 1]
+  assert res.tokens[0] == tokens[:b]
+  st = engine.stats
+  assert st.useful_tokens == b + 1 and 0 <= st.decoded - st.useful_tokens < 8
+
+
+def test_stop_strings_on_real_tokenizer_text(smollm2_checkpoint):
+  """With SmolLM2's tokenizer: a stop string spanning a token boundary of a greedy sample ends
+  it there: text == the free text up to the string, the kept tokens decode to a text that
+  starts with it, finished is True."""
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
+  detok = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+  prompts = _gsm8k_prompts(tokenizer, 1)
+  params, cfg = ckpt.load_params(smollm2_checkpoint)
+  free = Engine(params, cfg, EngineConfig(max_new_tokens=30, rows=1, chunk_steps=8),
+                detokenize=detok).generate(prompts, ["q"], 1, SamplingParams(0.0))[0]
+  text = free.texts[0]
+  for b in range(8, 25):       # a boundary whose 2 + 2 letters first occur there
+    left, right = detok(free.tokens[0][:b]), detok(free.tokens[0][:b + 1])
+    before = detok(free.tokens[0][:b - 1])
+    stop = left[-2:] + right[len(left):len(left) + 2]
+    if (len(left) - len(before) >= 2 and len(right) - len(left) >= 2 and stop.strip() == stop
+        and text.find(stop) == len(left) - 2):
+      break
+  else:
+    pytest.fail("no boundary with a unique 4-letter string")
+  params, cfg = ckpt.load_params(smollm2_checkpoint)
+  engine = Engine(params, cfg, EngineConfig(max_new_tokens=30, rows=1, chunk_steps=8,
+                                            stop_strings=(stop,)), detokenize=detok)
+  res = engine.generate(prompts, ["q"], 1, SamplingParams(0.0))[0]
+  assert res.finished == [True]
+  assert res.texts[0] == text[:len(left) - 2]
+  assert res.tokens[0] == free.tokens[0][:b]
+  assert detok(res.tokens[0]).startswith(res.texts[0])
 
 
 def test_sample_tokens_distribution_and_filters():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   u = jax.random.uniform(jax.random.key(0), (20000,))
-  draw = jax.vmap(lambda ui, **kw: sample_tokens(logits, ui[None], **kw)[0], in_axes=(0,))
-  counts = np.bincount(np.asarray(jax.vmap(lambda ui: sample_tokens(
-      logits, ui[None], jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0), False)[0])(u)), minlength=4)
+  draw = lambda sampling: np.asarray(jax.vmap(
+      lambda ui: sample_tokens(logits, ui[None], sampling.traced())[0])(u))
+  counts = np.bincount(draw(SamplingParams(1.0)), minlength=4)
   np.testing.assert_allclose(counts / counts.sum(), [0.5, 0.3, 0.15, 0.05], atol=0.015)
-  top_p = np.asarray(jax.vmap(lambda ui: sample_tokens(
-      logits, ui[None], jnp.float32(1.0), jnp.float32(0.7), jnp.int32(0), True)[0])(u))
+  top_p = draw(SamplingParams(1.0, top_p=0.7))
   assert set(np.unique(top_p)) == {0, 1}   # 0.5 < 0.7 so token 1 is kept, token 2 is not
-  top_k = np.asarray(jax.vmap(lambda ui: sample_tokens(
-      logits, ui[None], jnp.float32(1.0), jnp.float32(1.0), jnp.int32(3), True)[0])(u))
+  top_k = draw(SamplingParams(1.0, top_k=3))
   assert set(np.unique(top_k)) == {0, 1, 2}
-  greedy = sample_tokens(logits, u[:1], jnp.float32(0.0), jnp.float32(1.0), jnp.int32(0), False)
+  greedy = sample_tokens(logits, u[:1], SamplingParams(0.0).traced())
   assert int(greedy[0]) == 0
-  del draw
 
 
 def test_two_level_inverse_cdf_equals_flat_search():
@@ -186,7 +247,7 @@ def test_engine_holds_one_copy_of_the_weights(mesh_shape):
   from mathjax_sft.sharding.mesh import make_mesh
   cfg = preset("tiny")
   mesh = None if mesh_shape is None else make_mesh(mesh_shape, jax.devices()[:2])
-  ecfg = EngineConfig(max_new_tokens=6, problems_per_batch=2, slots_per_problem=2)
+  ecfg = EngineConfig(max_new_tokens=6, rows=4)
   make = lambda: llama.init_params(cfg, jax.random.PRNGKey(0), param_shardings(cfg, mesh))
   reference = Engine(llama.init_params(cfg, jax.random.PRNGKey(0)), cfg, ecfg)
   sampling = SamplingParams(0.8) if mesh is None else SamplingParams(0.0)
@@ -220,10 +281,10 @@ def test_filters_equal_transformers_logits_processors():
   import torch
   from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                       TopPLogitsWarper)
-  from mathjax_sft.sample.strategies import _weights
+  from mathjax_sft.sample.strategies import weights
   # the issue's example: .5/.3/.15/.05 with k=2, p=.55 keeps 1 token (transformers, vLLM)
   example = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-  w, _ = _weights(example, 1.0, 0.55, 2, True)
+  w, _ = weights(example, SamplingParams(1.0, 0.55, 2).traced())
   assert int((np.asarray(w) > 0).sum()) == 1
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(16, 300)).astype(np.float32) * 3
@@ -235,7 +296,7 @@ def test_filters_equal_transformers_logits_processors():
     if top_p < 1:
       scores = TopPLogitsWarper(top_p)(None, scores)
     want = torch.softmax(scores, -1).numpy()
-    w, order = _weights(jnp.asarray(logits), temperature, top_p, top_k, True)
+    w, order = weights(jnp.asarray(logits), SamplingParams(temperature, top_p, top_k).traced())
     ours = np.zeros_like(want)
     np.put_along_axis(ours, np.asarray(order), np.asarray(w), axis=-1)
     ours /= ours.sum(-1, keepdims=True)
@@ -248,11 +309,9 @@ def test_one_token_budget_keeps_the_first_token(tiny):
   with), not a second token written over it."""
   cfg, params, prompts = tiny
   sampling = SamplingParams(0.9)
-  longer = Engine(params, cfg, EngineConfig(max_new_tokens=8, problems_per_batch=2,
-                                            slots_per_problem=2))
+  longer = Engine(params, cfg, EngineConfig(max_new_tokens=8, rows=4))
   want = longer.generate(prompts[:2], ["a", "b"], 5, sampling, seed=3)
-  one = Engine(params, cfg, EngineConfig(max_new_tokens=1, problems_per_batch=2,
-                                         slots_per_problem=2))
+  one = Engine(params, cfg, EngineConfig(max_new_tokens=1, rows=4))
   got = one.generate(prompts[:2], ["a", "b"], 5, sampling, seed=3)
   for g, w in zip(got, want):
     for tokens, finished, full in zip(g.tokens, g.finished, w.tokens):

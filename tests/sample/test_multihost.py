@@ -29,8 +29,8 @@ def _free_port() -> int:
 
 def _cmd(ckpt_dir, data, out, *extra):
   return [sys.executable, "tools/sample.py", f"--checkpoint={ckpt_dir}", f"--dataset=jsonl:{data}",
-          "--num_problems=10", "--num_samples=4", "--max_new_tokens=8", "--problems_per_batch=2",
-          "--slots_per_problem=2", "--temperature=1.0", "--template=alpaca", "--mesh_shape=-1,1,1",
+          "--num_problems=10", "--num_samples=4", "--max_new_tokens=8", "--rows=4",
+          "--temperature=1.0", "--template=alpaca", "--mesh_shape=-1,1,1",
           "--grader_workers=1", f"--output_dir={out}", *extra]
 
 
@@ -56,7 +56,7 @@ def test_two_processes_split_problems_and_agree_with_one(byte_tokenizer, tmp_pat
   files = sorted(f.name for f in multi.glob("samples*.jsonl"))
   assert files == ["samples.00000-of-00002.jsonl", "samples.00001-of-00002.jsonl"]
   ids = [[json.loads(l)["id"] for l in (multi / f).read_text().splitlines()] for f in files]
-  assert len(ids[0]) == 6 and len(ids[1]) == 4 and not set(ids[0]) & set(ids[1])   # batches 0,2,4 | 1,3
+  assert len(ids[0]) == 5 and len(ids[1]) == 5 and not set(ids[0]) & set(ids[1])   # i % 2
 
   single = tmp_path / "single"
   one = subprocess.run(_cmd(model, data, single), cwd=REPO, env=env, capture_output=True,

@@ -16,10 +16,10 @@ from mathjax_sft.jsonl_store import JsonlStore
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cmd(ckpt, out, cache):
+def _cmd(ckpt, out, cache, rows=4, chunk=4):
   return [sys.executable, "tools/sample.py", f"--checkpoint={ckpt}", "--dataset=gsm8k",
-          "--num_problems=6", "--num_samples=3", "--max_new_tokens=24", "--problems_per_batch=2",
-          "--slots_per_problem=3", "--temperature=0.7", "--seed=5", f"--output_dir={out}",
+          "--num_problems=6", "--num_samples=3", "--max_new_tokens=24", f"--rows={rows}",
+          f"--chunk_steps={chunk}", "--temperature=0.7", "--seed=5", f"--output_dir={out}",
           "--grader_workers=1", f"--compilation_cache={cache}"]
 
 
@@ -28,6 +28,8 @@ def _comparable(summary):
 
 
 def test_kill_and_resume_gives_the_same_summary(smollm2_checkpoint, tmp_path):
+  """SIGKILL mid-run, a torn last line, then the same command with another pool / chunk size:
+  the summary equals an uninterrupted run's; the printed summary reports utilisation."""
   cache = tmp_path / "xla-cache"
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   full = subprocess.run(_cmd(smollm2_checkpoint, tmp_path / "full", cache), cwd=REPO, env=env,
@@ -35,6 +37,8 @@ def test_kill_and_resume_gives_the_same_summary(smollm2_checkpoint, tmp_path):
   assert full.returncode == 0, full.stderr[-3000:]
   printed = json.loads(full.stdout[full.stdout.index("{"):])
   assert printed["num_problems"] == 6 and printed["num_samples"] == 3
+  assert 0 < printed["utilisation"] <= 1 and printed["seconds"]["decode"] > 0
+  assert printed["outputs"]["summary"].endswith("summary.json")
 
   out = tmp_path / "killed"
   proc = subprocess.Popen(_cmd(smollm2_checkpoint, out, cache), cwd=REPO, env=env,
@@ -52,7 +56,8 @@ def test_kill_and_resume_gives_the_same_summary(smollm2_checkpoint, tmp_path):
   assert 2 <= written < 6
   with samples.open("a") as f:          # a torn last line, as a crash mid-write leaves
     f.write('{"id": "gsm8k-test-4", "samp')
-  resumed = subprocess.run(_cmd(smollm2_checkpoint, out, cache), cwd=REPO, env=env,
+  # resumed with another pool and chunk size: the same samples
+  resumed = subprocess.run(_cmd(smollm2_checkpoint, out, cache, rows=5, chunk=3), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   a = json.loads((tmp_path / "full" / run_lib.SUMMARY_FILE).read_text())
@@ -70,8 +75,3 @@ def test_changed_settings_refuse_to_mix_runs(tmp_path):
   (tmp_path / run_lib.SETTINGS_FILE).write_text(json.dumps({"temperature": 0.2}))
   with pytest.raises(ValueError, match="holds a run with other settings"):
     run_lib._check_settings(tmp_path, {"temperature": 0.7})
-
-
-def test_truncate_at_stop():
-  assert run_lib.truncate_at_stop("a\n\nQuestion: b", ("Question:", "\n\n\n")) == "a\n\n"
-  assert run_lib.truncate_at_stop("plain", ()) == "plain"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -206,3 +207,40 @@ def test_api_key_never_written_or_logged(tmp_path, gsm8k_input, fake_server, cap
     assert PLANTED_KEY.encode() not in p.read_bytes(), p
   assert "[REDACTED]" in (out / "synth.log").read_text()
   assert PLANTED_KEY not in caplog.text and caplog.text
+
+
+def test_outage_mid_run_loses_no_row(tmp_path, gsm8k_input, fake_server):
+  """The endpoint returns 500 from the 10th request on (one attempt per request): the breaker
+  stops the run; the transient failures are pending, not done. A re-run against a healthy
+  endpoint asks exactly those rows and the rest: every row ends up written once."""
+  path = gsm8k_input(8)
+  out = tmp_path / "out"
+  down = fake_server(script=[""] * 9 + ["500"] * 1000)
+  config = fast_config(path, out, down.base_url, per_reference=2, max_attempts=1,
+                       max_consecutive_failures=3, max_concurrency=1)
+  with pytest.raises(RunAborted, match="3 consecutive rows"):
+    run(config, api_key=PLANTED_KEY)
+  first = read_jsonl(out / "rows.jsonl")
+  assert len(first) == 3 and len(read_jsonl(out / "failures.jsonl")) == 3
+  up = fake_server()
+  summary = run(dataclasses.replace(config, base_url=up.base_url), api_key=PLANTED_KEY)["runs"][-1]
+  assert summary["rows_done_before"] == 3 and summary["rows_written"] == 13
+  rows = read_jsonl(out / "rows.jsonl")
+  ids = [r["id"] for r in rows]
+  assert sorted(ids) == expected_ids(config) and len(set(ids)) == len(ids)   # 0 lost, 0 twice
+  assert summary["pending_retry"] == 0 and summary["final_failures"] == 0
+
+
+def test_unreachable_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm8k_input):
+  """Every request refused (nothing listens on the port): the run exits with an error that says
+  why, and the rows stay pending for the next run (not 'already done')."""
+  config = fast_config(gsm8k_input(2), tmp_path / "out", "http://127.0.0.1:9/v1", max_attempts=1,
+                       max_consecutive_failures=0, max_concurrency=1)
+  with pytest.raises(RunAborted, match="every one of the 4 rows"):
+    run(config, api_key=PLANTED_KEY)
+  from mathjax_sft.synth.outputs import OutputDir
+  out = OutputDir(tmp_path / "out", "question")
+  try:
+    assert out.done == set() and len(out.pending_retry) == 4
+  finally:
+    out.close()
