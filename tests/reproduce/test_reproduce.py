@@ -29,7 +29,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
   rc = reproduce.ReproduceConfig(
       output_dir=str(tmp_path / "out"), base_checkpoint=str(base), train_config=str(recipe),
       sizes=(4, 8), num_epochs=1, max_steps=2, num_problems=2, num_samples=3,
-      max_new_tokens=6, sample_dtype="float32", problems_per_batch=2, slots_per_problem=2)
+      max_new_tokens=6, sample_dtype="float32", rows=4)
   rows = reproduce.run(rc)
   assert [r["sft_rows"] for r in rows] == [0, 4, 8]
   out = tmp_path / "out"
