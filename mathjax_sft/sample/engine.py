@@ -567,28 +567,22 @@ class Engine:
       if taken < len(items):
         self.stats.idle_while_queued += (rows * self.ecfg.chunk_steps - live_steps - int(
             ((ev.start_g >= 0) & (ev.start_end != 0)).sum()))
-      for s in range(self.ecfg.chunk_steps):
-        for r in np.flatnonzero(ev.start_g[s] >= 0):
-          g = int(ev.start_g[s, r])
-          row_g[r] = g
-          end = int(ev.start_end[s, r])
-          if end != 1:
-            tokens[g // N][g % N].append(int(ev.start_tok[s, r]))
-            grew.add(g)
-          if end:
-            row_g[r] = -1
-            end_sample(g, end == 1)
-        for r in np.flatnonzero(ev.tok_g[s] >= 0):
-          g = int(ev.tok_g[s, r])
-          if ended[g // N, g % N]:                          # cut by a stop string: discarded
-            continue
-          end = int(ev.tok_end[s, r])
-          if end != 1:
-            tokens[g // N][g % N].append(int(ev.tok[s, r]))
-            grew.add(g)
-          if end:
-            row_g[r] = -1
-            end_sample(g, end == 1)
+      for s in range(self.ecfg.chunk_steps):   # a row's new sample, then its decoded token
+        for gs, toks, ends, starts in ((ev.start_g, ev.start_tok, ev.start_end, True),
+                                       (ev.tok_g, ev.tok, ev.tok_end, False)):
+          for r in np.flatnonzero(gs[s] >= 0):
+            g = int(gs[s, r])
+            if starts:
+              row_g[r] = g
+            elif ended[g // N, g % N]:                    # cut by a stop string: discarded
+              continue
+            end = int(ends[s, r])
+            if end != 1:
+              tokens[g // N][g % N].append(int(toks[s, r]))
+              grew.add(g)
+            if end:
+              row_g[r] = -1
+              end_sample(g, end == 1)
       if self.stops:                                       # stop strings in the new text
         for g in grew:
           p, j = divmod(g, N)
