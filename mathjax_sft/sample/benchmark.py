@@ -18,15 +18,9 @@ from mathjax_sft import paths
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.data import templates
 from mathjax_sft.eval import problems as problems_lib
-from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sample.engine import Engine, EngineConfig, step_flops
 from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.train.metrics import measure_matmul_peak
-
-
-def decode_flops(cfg: ModelConfig, context: float) -> float:
-  """FLOPs of one decode step for one row attending over `context` keys."""
-  return step_flops(cfg, 1, context)
 
 
 def _prompts(tokenizer, num_prompts: int) -> list[list[int]]:
@@ -54,7 +48,7 @@ def run_ours(checkpoint: str, prompts, num_samples, max_new_tokens, temperature,
   return {"tokens": int(sum(lengths)), "seconds": wall, "first_call_s": compile_s,
           "tokens_per_s": sum(lengths) / wall, "mean_len": float(np.mean(lengths)),
           "utilisation": round(engine.stats.utilisation, 4),
-          "flops": decode_flops(cfg, ctx) * sum(lengths), "cfg": cfg}
+          "flops": step_flops(cfg, 1, ctx) * sum(lengths), "cfg": cfg}
 
 
 def run_transformers(prompts, num_samples, max_new_tokens, temperature, threads: int,

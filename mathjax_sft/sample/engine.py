@@ -356,11 +356,12 @@ class Engine:
                       g=rep((width_q,), jnp.int32), count=rep((), jnp.int32))
     return pool, state, queue, vec(bool)
 
-  def init_state(self, rows: int, slots: int, width: int, num_samples: int):
-    """An empty prompt pool and idle rows (all zeros: no row is active, no slot valid)."""
-    pool, state, _, _ = self.specs(rows, slots, width, num_samples)
+  @staticmethod
+  def init_state(pool_spec: PromptPool, state_spec: DecodeState):
+    """An empty prompt pool and idle rows (all zeros: no row is active, no slot valid) from
+    their `specs`."""
     zeros = lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding)
-    return jax.tree.map(zeros, pool), jax.tree.map(zeros, state)
+    return jax.tree.map(zeros, pool_spec), jax.tree.map(zeros, state_spec)
 
   # ---- jitted programs ----------------------------------------------------------------------
   def _prefill_fn(self, params, pool, tokens, length, slot, key, seed, sampler,
@@ -474,8 +475,9 @@ class Engine:
     seed = jnp.int32(seed)
     self._note_shape(("decode", rows, slots, width, N, self.ecfg.max_new_tokens,
                       self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules)))
-    pool, state = self.init_state(rows, slots, width, N)
-    queue_len = self.specs(rows, slots, width, N)[2].slot.shape[0]
+    pool_spec, state_spec, queue_spec, _ = self.specs(rows, slots, width, N)
+    pool, state = self.init_state(pool_spec, state_spec)
+    queue_len = queue_spec.slot.shape[0]
     problems = [_Problem(i, list(p), problem_key(pid)) for i, (p, pid) in
                 enumerate(zip(prompts, problem_ids))]
     tokens: list[list[list[int]]] = [[[] for _ in range(N)] for _ in problems]
@@ -491,14 +493,15 @@ class Engine:
     kill = np.zeros(rows, bool)
     remaining = len(problems) * N
 
-    def end_sample(g: int, is_finished: bool) -> None:
+    def end_sample(g: int, is_finished: bool, found: tuple | None = None) -> None:
+      """`found`: the (keep, text) of a stop-string search already made on these tokens."""
       nonlocal remaining
       p, j = divmod(g, N)
       toks = tokens[p][j]
       text = None
       if self.detokenize is not None:
-        keep, text = (self.stops.find(toks, int(checked[p, j])) if self.stops
-                      else (None, self.detokenize(toks)))
+        keep, text = found or (self.stops.find(toks, int(checked[p, j])) if self.stops
+                               else (None, self.detokenize(toks)))
         if keep is not None:
           del toks[keep:]
           is_finished = True
@@ -594,7 +597,7 @@ class Engine:
             continue
           kill |= row_g == g
           row_g[row_g == g] = -1
-          end_sample(g, True)
+          end_sample(g, True, (keep, text))
       self.stats.host_s += time.perf_counter() - toc
     return results
 
