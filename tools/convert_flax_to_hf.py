@@ -12,7 +12,8 @@ from mathjax_sft import logs
 from mathjax_sft.convert import api
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "mathjax_sft checkpoint directory "
-                                  "(config.json + params/).", required=True)
+                                  "(config.json + params/), or a step of a training run "
+                                  "(OUT/checkpoints/<step>).", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "HF directory to write.", required=True)
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard, e.g. 5GB, "
                                  "500MB; more than one shard adds model.safetensors.index.json.")

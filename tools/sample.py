@@ -28,7 +28,7 @@ _D = {f.name: f.default for f in dataclasses.fields(run_lib.SampleRunConfig)
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "runs/smollm2-135m", "mathjax_sft checkpoint directory (config.json, params/, "
-    "tokenizer). Default: the embedded SmolLM2-135M-Instruct, converted by `make convert`.")
+    "tokenizer), or any step of a training run (OUT/checkpoints/<step>). Default: the embedded SmolLM2-135M-Instruct, converted by `make convert`.")
 _DATASET = flags.DEFINE_string(
     "dataset", "gsm8k", "Problems: gsm8k | math | math500 (test splits under $MATHJAX_DATA_DIR), "
     "'gsm8k:train' / 'math:train', or jsonl:PATH (GSM8K or MATH style rows).")

@@ -6,6 +6,12 @@
   DIR/tokenizer*.json, ...    tokenizer files (AutoTokenizer.from_pretrained(DIR) works)
   DIR/generation_config.json  optional
 
+A training step (`OUT/checkpoints/<step>/`, see checkpoint.train_state) is a model too: every
+function here that takes a checkpoint directory also takes a step directory. Its config comes
+from the step's `meta` item, its parameters from the `params` of its train state (read alone:
+the optimizer state is never loaded), its tokenizer and prompt format from `OUT/model_files/`,
+which training writes when it starts (`save_model_files`).
+
 Restoring reads each tensor straight into its sharding (targets built from the abstract params),
 so no host ever materialises more than its own shards. One orbax item per parameter lets
 conversion write each parameter as soon as it is built (orbax holds a second copy of whatever it
@@ -37,9 +43,49 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "prompt_format.json")   # data.templates.PROMPT_FORMAT_FILE: travels with them
 
 
+MODEL_FILES_SUBDIR = "model_files"    # OUT/model_files/: a training run's tokenizer + format
+STEP_ITEMS = ("state", "meta")         # the items of a train-state step (train_state.py)
+
+
 def is_checkpoint_dir(path: str | Path) -> bool:
   path = Path(path)
   return (path / CONFIG_NAME).is_file() and (path / PARAMS_SUBDIR).is_dir()
+
+
+def is_train_step_dir(path: str | Path) -> bool:
+  """`OUT/checkpoints/<step>/` of a training run (orbax items state/ and meta/)."""
+  path = Path(path)
+  return all((path / item).is_dir() for item in STEP_ITEMS)
+
+
+def files_dir(path: str | Path) -> Path:
+  """Where a model's tokenizer files and prompt_format.json are: the checkpoint dir itself, or
+  for a training step its run's `model_files/`."""
+  path = Path(path)
+  if is_train_step_dir(path):
+    return path.parent.parent / MODEL_FILES_SUBDIR
+  return path
+
+
+def save_model_files(run_dir: str | Path, tokenizer: Any) -> Path:
+  """A training run's tokenizer files (`OUT/model_files/`), so that any step of the run can be
+  sampled or exported; written into a temporary directory and renamed."""
+  final = Path(run_dir) / MODEL_FILES_SUBDIR
+  tmp = final.with_name(final.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tokenizer.save_pretrained(str(tmp))
+  shutil.rmtree(final, ignore_errors=True)
+  tmp.rename(final)
+  return final
+
+
+def _step_meta(step_dir: Path) -> dict:
+  path = step_dir / "meta" / "metadata"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise FileNotFoundError(f"{step_dir} is a training step without a readable {path.name} "
+                            f"item ({e}); is the step complete?") from None
 
 
 INDEX_NAME = "index.json"
@@ -55,6 +101,15 @@ def check_model_dir(path: str | Path, flag: str = "--checkpoint", tokenizer: boo
     raise FileNotFoundError(f"{flag}={path}: no such directory")
   if not path.is_dir():
     raise NotADirectoryError(f"{flag}={path} is a file, not a checkpoint directory")
+  if is_train_step_dir(path):
+    if "model_config" not in _step_meta(path):
+      raise ValueError(f"{flag}={path}: the step's meta item has no model_config")
+    tok_dir = files_dir(path)
+    if tokenizer and not any((tok_dir / name).is_file() for name in TOKENIZER_REQUIRED):
+      raise FileNotFoundError(f"{flag}={path} is a training step, but its run has no tokenizer "
+                              f"in {tok_dir} (written by training since it was added); copy "
+                              "the tokenizer files of the model it was trained from there")
+    return path
   if not is_checkpoint_dir(path):
     hf = (path / CONFIG_NAME).is_file() and (any(path.glob("*.safetensors"))
                                               or any(path.glob("*.bin")))
@@ -75,8 +130,13 @@ def fingerprint(path: str | Path) -> str:
   read)."""
   import hashlib
   path = Path(path)
-  digest = hashlib.sha256((path / CONFIG_NAME).read_bytes())
-  for f in sorted((path / PARAMS_SUBDIR).rglob("*")):
+  if is_train_step_dir(path):   # its meta (config, step, metrics) and the state's metadata
+    digest = hashlib.sha256((path / "meta" / "metadata").read_bytes())
+    tree = path / "state"
+  else:
+    digest = hashlib.sha256((path / CONFIG_NAME).read_bytes())
+    tree = path / PARAMS_SUBDIR
+  for f in sorted(tree.rglob("*")):
     if f.is_file() and f.stat().st_size <= 2 ** 20:
       digest.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
   return digest.hexdigest()[:16]
@@ -128,6 +188,9 @@ def copy_tokenizer_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
 
 def load_config(ckpt_dir: str | Path, **overrides) -> ModelConfig:
   ckpt_dir = Path(ckpt_dir)
+  if is_train_step_dir(ckpt_dir):
+    return ModelConfig.from_hf(_step_meta(ckpt_dir)["model_config"],
+                               source=str(ckpt_dir / "meta"), **overrides)
   if not is_checkpoint_dir(ckpt_dir):
     raise FileNotFoundError(f"{ckpt_dir} is not a mathjax_sft checkpoint directory "
                             f"(needs {CONFIG_NAME} and {PARAMS_SUBDIR}/); convert one with "
@@ -152,6 +215,12 @@ def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_r
                 **config_overrides) -> tuple[llama.Params, ModelConfig]:
   """(stacked params as sharded jax arrays, config). `param_dtype=` casts while restoring."""
   cfg = load_config(ckpt_dir, **config_overrides)
+  if is_train_step_dir(ckpt_dir):
+    stacked = _step_layers_stacked(Path(ckpt_dir))
+    target = llama.abstract_params(cfg, stacked=stacked,
+                                   shardings=param_shardings(cfg, mesh, rules, stacked))
+    params = _restore_step_params(Path(ckpt_dir), target)
+    return (params if stacked else _stack_on_device(params)), cfg
   root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
   shardings = param_shardings(cfg, mesh, rules)
   target = llama.abstract_params(cfg, stacked=True, shardings=shardings)
@@ -182,7 +251,11 @@ def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], n
 
   Read straight into host memory (a numpy restore target: tensorstore -> numpy), never onto a
   device: a stacked 70B `w_gate` (~37.6 GB in bf16) is larger than one accelerator's memory.
-  Peak host memory is the largest parameter."""
+  Peak host memory is the largest parameter (a training step with per-layer params: one
+  parameter of every layer)."""
+  if is_train_step_dir(ckpt_dir):
+    yield from _iter_step_params_numpy(Path(ckpt_dir))
+    return
   root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
   index = json.loads((root / INDEX_NAME).read_text())
   ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
@@ -196,3 +269,64 @@ def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], n
 
 def _host_dtype(name: str) -> np.dtype:
   return np.dtype(jnp.dtype(name))   # bfloat16 included (ml_dtypes)
+
+
+# ---- a training step as a model --------------------------------------------------------------
+
+def _step_params_metadata(step_dir: Path) -> dict:
+  """The stored tree of the train state's `params` (shapes and dtypes, nothing read)."""
+  meta = ocp.PyTreeCheckpointer().metadata(step_dir.absolute() / "state")
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise ValueError(f"{step_dir}/state holds no params (keys: {list(tree)})")
+  return tree["params"]
+
+
+def _per_layer(layers: Any) -> list | None:
+  """A stored `layers` subtree as a list of per-layer dicts, or None when it is stacked."""
+  if isinstance(layers, (list, tuple)):
+    return list(layers)
+  if isinstance(layers, dict) and "0" in layers:
+    return [layers[str(i)] for i in range(len(layers))]
+  return None
+
+
+def _step_layers_stacked(step_dir: Path) -> bool:
+  """Whether the run kept its layers stacked (scan_layers) or as one dict per layer."""
+  return _per_layer(_step_params_metadata(step_dir)["layers"]) is None
+
+
+def _restore_step_params(step_dir: Path, target: Any) -> Any:
+  """Only the `params` of a train state, into `target`'s shapes, dtypes and shardings (numpy
+  targets: host memory); the optimizer state is not read."""
+  restore_args = jax.tree.map(
+      lambda t: (ocp.RestoreArgs(restore_type=np.ndarray, dtype=t.dtype)
+                 if isinstance(t, np.ndarray) else
+                 ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype)),
+      target)
+  return ocp.PyTreeCheckpointer().restore(
+      step_dir.absolute() / "state",
+      args=ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": restore_args},
+                                  partial_restore=True))["params"]
+
+
+@jax.jit
+def _stack_on_device(params: llama.Params) -> llama.Params:
+  return llama.stack_layers(params)
+
+
+def _iter_step_params_numpy(step_dir: Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+  stored = _step_params_metadata(step_dir)
+  host = lambda m: np.empty(tuple(m.shape), _host_dtype(str(m.dtype)))
+  per_layer = _per_layer(stored["layers"])
+  for name in sorted(stored):
+    if name != "layers":
+      yield (name,), _restore_step_params(step_dir, {name: host(stored[name])})[name]
+  for name in sorted(stored["layers"] if per_layer is None else per_layer[0]):
+    if per_layer is None:
+      value = _restore_step_params(step_dir, {"layers": {name: host(stored["layers"][name])}})
+      yield ("layers", name), value["layers"][name]
+    else:
+      value = _restore_step_params(step_dir, {"layers": [{name: host(m[name])} for m in per_layer]})
+      yield ("layers", name), np.stack([x[name] for x in value["layers"]])

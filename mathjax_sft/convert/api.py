@@ -115,6 +115,7 @@ def export_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path,
   """mathjax_sft checkpoint dir -> HF directory transformers/vLLM load unchanged (written into a
   temporary directory, renamed at the end)."""
   start = time.perf_counter()
+  ckpt.check_model_dir(checkpoint_dir, tokenizer=False)
   cfg = ckpt.load_config(checkpoint_dir)
   with atomic_output_dir(Path(output_dir), overwrite) as tmp:
     report = _export(checkpoint_dir, cfg, tmp, max_shard_bytes, show_progress)
@@ -131,7 +132,7 @@ def _export(checkpoint_dir, cfg, output_dir: Path, max_shard_bytes: int,
                                 progress=lambda _: bar.update())
   bar.close()
   cfg.save_json(output_dir / "config.json")
-  ckpt.copy_tokenizer_files(checkpoint_dir, output_dir)
+  ckpt.copy_tokenizer_files(ckpt.files_dir(checkpoint_dir), output_dir)
   if not (output_dir / "generation_config.json").exists():
     (output_dir / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2))
   return {"checkpoint": str(checkpoint_dir), "files": [f.name for f in files],

@@ -211,6 +211,26 @@ def read_jsonl(path: str | Path, prompt_fields: str | Sequence[str] = DEFAULT_PR
   return rows, stats
 
 
+# TFDS downloads from Google Cloud Storage first; without a network its retries take minutes.
+NETWORK_PROBE = ("storage.googleapis.com", 443)
+NETWORK_PROBE_TIMEOUT_S = 5.0
+
+
+def check_network(what: str, probe: tuple[str, int] | None = None,
+                  timeout_s: float | None = None) -> None:
+  """Fails within `timeout_s` (default 5 s) naming `what` when `probe` (host, port) cannot be
+  reached, instead of letting a download retry for minutes."""
+  import socket  # pylint: disable=import-outside-toplevel
+  host, port = probe or NETWORK_PROBE
+  try:
+    socket.create_connection((host, port), timeout=timeout_s or NETWORK_PROBE_TIMEOUT_S).close()
+  except OSError as e:
+    raise ConnectionError(
+        f"{what} needs the network, but {host}:{port} cannot be reached ({e}); prepare the "
+        "dataset on a machine with network access (tfds data_dir) or give JSONL files "
+        "(see the README's 'Your first hour')") from None
+
+
 def read_tfds(name: str, split: str = "train", data_dir: str | None = None,
               prompt_fields: str | Sequence[str] = DEFAULT_PROMPT_FIELDS,
               response_fields: str | Sequence[str] = DEFAULT_RESPONSE_FIELDS,
@@ -235,6 +255,7 @@ def read_tfds(name: str, split: str = "train", data_dir: str | None = None,
           f"tfds dataset {name} is not prepared under {builder.data_dir}; prepare it once with "
           f"tfds.builder({name!r}, file_format='array_record').download_and_prepare() on a "
           "machine with network access, or set tfds_download=True")
+    check_network(f"--config.tfds_download=true (tfds:{name})")
     builder.download_and_prepare()
   source = builder.as_data_source(split=split)
   label = f"tfds:{name}:{split}"

@@ -328,26 +328,39 @@ def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> 
 
 def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: tuple, dtype) -> jax.Array:
   """`_attend` with a prompt pool: q [b, t, kvh, g, d] (scaled), prefix (k, v [slots, kvh, tp, d],
-  valid [slots, tp], row_slot [b]). Scores of every row against every slot's keys are one matmul
-  (shared keys, no gathers); other slots are masked, and the weighted values are contracted per
-  slot over `tp` keys, then the row's slot is selected (adding exact zeros)."""
+  valid [slots, tp], row_slot [b]).
+
+  Scores of every row against every slot's keys are one matmul (shared keys, no gathers of
+  keys), then each row keeps its own slot's scores (a gather of [rows, tp] scores), so the
+  softmax work is one prompt per row. The weighted values are contracted per slot over `tp`
+  keys, with zero weights for the rows of other slots, and summed over slots (adding exact
+  zeros): a row's arithmetic does not depend on how many prompts the pool holds or where its
+  prompt sits. Computed with kv heads leading ([kvh, rows, ...]): clean batched matmuls, which
+  XLA:CPU ran ~2x faster than the row-major einsums (pool of 4 x 192 keys, 64 rows)."""
   pk, pv, pvalid, row_slot = prefix
   b, t, kvh, g, d = q.shape
-  mine = jnp.arange(pk.shape[0])[None, :] == row_slot[:, None]                # [b, slots]
-  s = jnp.einsum("btkgd,qksd->bkgtqs", q, pk.astype(dtype), preferred_element_type=jnp.float32)
-  s = jnp.where((mine[:, :, None] & pvalid[None])[:, None, None, None], s, NEG_INF)
-  m = jnp.max(jnp.max(s, -1), -1)[..., None]                                  # [b, kvh, g, t, 1]
-  own = [jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
-         for src in sources]
-  own = [jnp.where(src.mask[:, None, None, :, :], x, NEG_INF) for src, x in zip(sources, own)]
-  for x in own:
-    m = jnp.maximum(m, jnp.max(x, -1, keepdims=True))
-  e = jnp.exp(s - m[..., None])                                               # 0 off the row's slot
-  o = jnp.einsum("bkgtqs,qksd->bkgtqd", e.astype(dtype), pv.astype(dtype),
-                 preferred_element_type=jnp.float32)
-  onehot = mine.astype(jnp.float32)[:, None, None, None, :, None]
-  out = jnp.sum(o * onehot, axis=-2)                                          # [b, kvh, g, t, d]
-  denom = jnp.sum(jnp.sum(e, -1) * onehot[..., 0], axis=-1, keepdims=True)
+  slots = pk.shape[0]
+  r_slot = jnp.repeat(row_slot, g * t)                                       # [r = b g t]
+  qk = q.transpose(2, 0, 3, 1, 4).reshape(kvh, b * g * t, d)                 # [kvh, r, d]
+  s = jnp.einsum("krd,kqsd->krqs", qk, pk.astype(dtype).transpose(1, 0, 2, 3),
+                 preferred_element_type=jnp.float32)                          # [kvh, r, slots, tp]
+  s = jnp.take_along_axis(s, r_slot[None, :, None, None], axis=2)[:, :, 0]    # [kvh, r, tp]
+  s = jnp.where(pvalid[r_slot][None], s, NEG_INF)
+  m = jnp.max(s, -1)                                                          # [kvh, r]
+  own = []
+  for src in sources:
+    x = jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
+    x = jnp.where(src.mask[:, None, None, :, :], x, NEG_INF)
+    own.append(x)
+    m = jnp.maximum(m, jnp.max(x, -1).transpose(1, 0, 2, 3).reshape(kvh, b * g * t))
+  e = jnp.exp(s - m[..., None])                                               # [kvh, r, tp]
+  mine = jnp.arange(slots)[:, None] == r_slot[None, :]                        # [slots, r]
+  e_slots = jnp.where(mine[None, :, :, None], e[:, None], 0.0)                # [kvh, slots, r, tp]
+  o = jnp.sum(jnp.einsum("kqrs,kqsd->kqrd", e_slots.astype(dtype),
+                         pv.astype(dtype).transpose(1, 0, 2, 3),
+                         preferred_element_type=jnp.float32), axis=1)         # [kvh, r, d]
+  to_rows = lambda x: x.reshape(kvh, b, g, t, -1).transpose(1, 0, 2, 3, 4)    # [b, kvh, g, t, .]
+  out, denom, m = to_rows(o), to_rows(jnp.sum(e, -1)[..., None]), to_rows(m[..., None])
   for src, x in zip(sources, own):
     ex = jnp.exp(x - m)
     out += jnp.einsum("bkgts,bksd->bkgtd", ex.astype(dtype), src.v.astype(dtype),

@@ -86,13 +86,13 @@ class SampleRunConfig:
   def with_checkpoint_format(self) -> "SampleRunConfig":
     """The template / system prompt the checkpoint was fine-tuned with, where these are unset;
     a set template that contradicts the checkpoint's is kept, with a warning naming both."""
-    fmt = templates.load_prompt_format(self.checkpoint)
+    fmt = templates.load_prompt_format(ckpt.files_dir(self.checkpoint))
     if fmt is None:
       if self.template is None:
         log.info("%s records no prompt format: using template %r", self.checkpoint,
                  templates.DEFAULT_TEMPLATE)
       return dataclasses.replace(self, template=self.template or templates.DEFAULT_TEMPLATE)
-    source = Path(self.checkpoint) / templates.PROMPT_FORMAT_FILE
+    source = ckpt.files_dir(self.checkpoint) / templates.PROMPT_FORMAT_FILE
     if self.template is None:
       log.info("prompt format from %s: template %r", source, fmt["template"])
       system = self.system_prompt if self.system_prompt is not None else fmt.get("system_prompt")
@@ -192,7 +192,7 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems)
   if not problems:
     raise ValueError(f"--dataset={cfg.dataset} holds no problems")
-  tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
+  tokenizer = AutoTokenizer.from_pretrained(ckpt.files_dir(cfg.checkpoint))
   prompt_texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
                   for p in problems]
   add_special = templates.ADD_SPECIAL_TOKENS[cfg.template]

@@ -155,6 +155,8 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
   s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
   ckpt = TrainCheckpointer(out_dir, c.keep_checkpoints, c.async_checkpointing)
   writer = metrics_lib.MetricsWriter(out_dir)
+  if main:   # any step of the run is a model: its tokenizer and prompt format beside the steps
+    record_prompt_format(params_ckpt.save_model_files(out_dir, tokenizer), c)
   if ckpt.latest_step() is not None:
     state, data_state, meta = ckpt.restore(state_lib.abstract_state(p_abstract, tx, s_shard))
     iterator.set_state(data_state)

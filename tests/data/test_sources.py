@@ -81,3 +81,28 @@ def test_real_gsm8k_file_reads_whole():
   rows, stats = sources.read_jsonl(paths.data_file("gsm8k/train.jsonl"))
   assert stats.rows == 7473 and stats.num_skipped == 0
   assert rows[0].response.endswith("#### 72")
+
+
+def test_tfds_download_without_network_fails_fast_naming_the_flag(monkeypatch):
+  """tfds_download=true with no network: a ConnectionError within seconds that names the flag,
+  before TFDS's own download (which retries for minutes) is started."""
+  import time
+  import types
+  started = []
+  builder = types.SimpleNamespace(is_prepared=lambda: False, data_dir="/nowhere",
+                                  download_and_prepare=lambda: started.append(True))
+  fake = types.ModuleType("tensorflow_datasets")
+  fake.builder = lambda *a, **k: builder
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets.text", types.ModuleType("text"))
+  monkeypatch.setattr(sources, "NETWORK_PROBE", ("127.0.0.1", 9))   # nothing listens there
+  spec = sources.parse_sources("tfds:gsm8k")[0]
+  tic = time.monotonic()
+  with pytest.raises(ConnectionError, match=r"--config.tfds_download=true \(tfds:gsm8k\).*"
+                                            "127.0.0.1:9 cannot be reached"):
+    sources.read_source(spec, tfds_download=True)
+  assert time.monotonic() - tic < 10 and not started
+  # without tfds_download the unprepared dataset is named, and nothing is downloaded either
+  with pytest.raises(FileNotFoundError, match="not prepared under /nowhere"):
+    sources.read_source(spec)
+  assert not started

@@ -100,3 +100,75 @@ def test_trained_prompt_format_travels_with_the_model(byte_tokenizer, tmp_path, 
   # a checkpoint that records nothing samples with the default chat template
   plain = SampleRunConfig(**dict(base, checkpoint=str(tmp_path))).with_checkpoint_format()
   assert plain.template == templates.DEFAULT_TEMPLATE
+
+
+def test_any_training_step_is_a_model(byte_tokenizer, tmp_path):
+  """OUT/checkpoints/<step> is accepted wherever a model checkpoint dir is: its params (alone,
+  without the optimizer state) equal the run's final export, it exports to the same HF
+  tensors, and the sampler runs on it in the format the run trained with."""
+  from safetensors.numpy import load_file
+  from mathjax_sft.convert import api as convert_api
+  from mathjax_sft.sample import run as run_lib
+  data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(8))
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", max_steps=2, seq_len=512,
+                          batch_size=2, template="xwin", export_final=True,
+                          checkpoint_every_steps=1, scan_layers=False)
+  result = train(c)
+  steps = tmp_path / "run" / "checkpoints"
+  assert params_ckpt.is_train_step_dir(steps / "1") and params_ckpt.is_train_step_dir(steps / "2")
+  assert params_ckpt.check_model_dir(steps / "2") == steps / "2"
+  final, cfg = params_ckpt.load_params(result.export_dir)
+  last, cfg_step = params_ckpt.load_params(steps / "2")
+  first, _ = params_ckpt.load_params(steps / "1")
+  assert cfg_step.to_hf() == cfg.to_hf()
+  for a, b, c1 in zip(*(jax_leaves(t) for t in (final, last, first))):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, c1) for a, c1 in zip(jax_leaves(final), jax_leaves(first)))
+  # export: the same tensors as the final model's export, plus the tokenizer and prompt format
+  convert_api.export_checkpoint(steps / "2", tmp_path / "hf_step", show_progress=False)
+  convert_api.export_checkpoint(result.export_dir, tmp_path / "hf_final", show_progress=False)
+  ours, ref = load_file(tmp_path / "hf_step" / "model.safetensors"), load_file(
+      tmp_path / "hf_final" / "model.safetensors")
+  assert sorted(ours) == sorted(ref) and all(np.array_equal(ours[k], ref[k]) for k in ref)
+  assert (tmp_path / "hf_step" / "tokenizer.json").is_file()
+  assert json.loads((tmp_path / "hf_step" / "prompt_format.json").read_text())["template"] == "xwin"
+  # sampling a step: the run's template, and a summary
+  cfg_run = run_lib.SampleRunConfig(checkpoint=str(steps / "1"), dataset=f"jsonl:{data}",
+                                    output_dir=str(tmp_path / "s"), num_samples=2,
+                                    num_problems=2, max_new_tokens=4, grader_workers=1, rows=2)
+  assert cfg_run.with_checkpoint_format().template == "xwin"
+  summary = run_lib.run(cfg_run, show_progress=False)
+  assert summary["num_problems"] == 2 and summary["num_samples"] == 2
+  # a step whose run has no tokenizer files is named as such
+  import shutil
+  shutil.rmtree(tmp_path / "run" / params_ckpt.MODEL_FILES_SUBDIR)
+  with pytest.raises(FileNotFoundError, match="is a training step, but its run has no tokenizer"):
+    params_ckpt.check_model_dir(steps / "1")
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_training_inputs_are_named_before_the_model_loads(byte_tokenizer, tmp_path):
+  """A missing init_checkpoint, a batch that does not divide the devices, a malformed row: each
+  error names the config field (as a flag), the value and where to look."""
+  from mathjax_sft.data.sources import DataError
+  data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(8))
+  missing = tmp_path / "no-such-model"
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "a", init_checkpoint=str(missing),
+                          tokenizer="")
+  with pytest.raises(FileNotFoundError, match=f"--config.init_checkpoint={missing}: no such"):
+    train(c)
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "b", batch_size=6, num_devices=4,
+                          mesh_shape=(1, 4, 1))
+  with pytest.raises(ValueError, match=r"--config.batch_size=6 .* must be a multiple of the data "
+                                       r"x fsdp mesh size 4 \(4 devices"):
+    train(c)
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(helpers.arithmetic_rows(1)[0]) + "\n{not json\n")
+  c = helpers.tiny_config(byte_tokenizer, bad, tmp_path / "c")
+  with pytest.raises(DataError, match=rf"{bad}:2: .*--config.on_bad_row=skip"):
+    train(c)
+  assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
