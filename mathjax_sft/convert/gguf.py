@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,9 +137,37 @@ class GgufSource:
     return array
 
 
+# llama.cpp's special-token ids -> transformers' token names (transformers' own GGUF mapping)
+_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                   "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+
+
+def gguf_tokenizer(path: str | Path) -> Any:
+  """The HF fast tokenizer (with chat template) that a GGUF's metadata describes, built as
+  `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds it (transformers' GGUF tokenizer
+  converters), but with the metadata read by the `gguf` package: transformers' own GGUF reader
+  imports torch, which the runtime does not install."""
+  from gguf import GGUFReader  # pylint: disable=import-outside-toplevel
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping  # pylint: disable=import-outside-toplevel
+  fields = GGUFReader(str(path)).fields
+  meta = {k: f.contents() for k, f in fields.items()
+          if k.startswith("tokenizer.") or k == "general.architecture"}
+  if "tokenizer.ggml.tokens" not in meta:
+    raise ValueError(f"{path}: the GGUF holds no tokenizer (no tokenizer.ggml.tokens)")
+  grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
+                     if f"tokenizer.{key}" in meta}
+             for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}
+  tokenizer, config = grouped["tokenizer"], grouped["tokenizer_config"]
+  if tokenizer.get("tokenizer_type") == "llama":   # llama.cpp adds BOS unless the file says not
+    config.setdefault("add_bos_token", True)
+  for name, key in _SPECIAL_TOKENS.items():
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+  backend, extra = mapping.convert_gguf_tokenizer(meta["general.architecture"], tokenizer)
+  return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
+
+
 def save_gguf_tokenizer(path: str | Path, out_dir: str | Path) -> None:
-  """Builds a HF tokenizer (with chat template) from the GGUF's metadata into out_dir."""
-  from transformers import AutoTokenizer
-  path = Path(path)
-  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-  tok.save_pretrained(str(out_dir))
+  """Writes the GGUF's tokenizer (`gguf_tokenizer`) into out_dir."""
+  gguf_tokenizer(path).save_pretrained(str(out_dir))

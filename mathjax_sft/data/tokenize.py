@@ -54,7 +54,8 @@ def load_tokenizer(path: str | Path) -> Any:
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
   path = Path(path)
   if path.suffix == ".gguf":
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    from mathjax_sft.convert.gguf import gguf_tokenizer  # pylint: disable=import-outside-toplevel
+    tok = gguf_tokenizer(path)
   elif path.is_dir():
     tok = AutoTokenizer.from_pretrained(str(path))
   else:

@@ -68,3 +68,28 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2_checkpoint, smollm
     ours.append(nxt)
     logits, cache = step(params, np.array([[nxt]]), np.array([[len(ids) + t]]), cache)
   assert ours == hf_ids, (tokenizer.decode(ours), tokenizer.decode(hf_ids))
+
+
+def test_gguf_tokenizer_needs_no_torch_and_equals_transformers(tmp_path):
+  """The runtime (`make demo`) installs no torch: the GGUF's tokenizer is built without it (a
+  subprocess where `import torch` fails), and equals transformers' own GGUF reading (which
+  imports torch): same tokenizer.json, chat template and ids of a real GSM8K chat prompt."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  from transformers import AutoTokenizer
+  gguf_path = paths.smollm2_gguf()
+  code = ("import sys; sys.modules['torch'] = None\n"
+          "from mathjax_sft.convert import gguf\n"
+          f"gguf.save_gguf_tokenizer({str(gguf_path)!r}, {str(tmp_path)!r})\n"
+          "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")
+  repo = Path(__file__).resolve().parents[2]
+  proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ours = AutoTokenizer.from_pretrained(str(tmp_path))
+  ref = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+  assert ours.chat_template == ref.chat_template and ours.eos_token == ref.eos_token == "<|im_end|>"
+  assert _gsm8k_prompt(ours) == _gsm8k_prompt(ref)
+  ref.save_pretrained(str(tmp_path / "ref"))
+  assert (tmp_path / "tokenizer.json").read_text() == (tmp_path / "ref" / "tokenizer.json").read_text()
