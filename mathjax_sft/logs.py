@@ -7,6 +7,7 @@ higher) given explicitly on the command line brings the libraries' INFO logs bac
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 LIBRARY_LOGGERS = ("jax", "jax._src", "orbax", "absl", "etils", "grain", "tensorflow",
@@ -22,6 +23,8 @@ def quiet(verbose: bool = False) -> None:
   logging.getLogger("mathjax_sft").setLevel(logging.INFO)
   if not verbose:
     warnings.filterwarnings("ignore", module="orbax")
+    # transformers' import-time advice ("PyTorch was not found..."): the runtime has no torch
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def absl_verbose() -> bool:
