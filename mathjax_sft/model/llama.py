@@ -335,31 +335,31 @@ def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: tuple, dtype) -> ja
   softmax work is one prompt per row. The weighted values are contracted per slot over `tp`
   keys, with zero weights for the rows of other slots, and summed over slots (adding exact
   zeros): a row's arithmetic does not depend on how many prompts the pool holds or where its
-  prompt sits. Computed with kv heads leading ([kvh, rows, ...]): clean batched matmuls, which
-  XLA:CPU ran ~2x faster than the row-major einsums (pool of 4 x 192 keys, 64 rows)."""
+  prompt sits. Computed with kv heads leading ([kvh, rows, ...], rows kept as their own axis so
+  that data-parallel shardings carry through): clean batched matmuls, which XLA:CPU ran ~2x
+  faster than row-major einsums (pool of 4 x 192 keys, 64 rows)."""
   pk, pv, pvalid, row_slot = prefix
   b, t, kvh, g, d = q.shape
   slots = pk.shape[0]
-  r_slot = jnp.repeat(row_slot, g * t)                                       # [r = b g t]
-  qk = q.transpose(2, 0, 3, 1, 4).reshape(kvh, b * g * t, d)                 # [kvh, r, d]
-  s = jnp.einsum("krd,kqsd->krqs", qk, pk.astype(dtype).transpose(1, 0, 2, 3),
-                 preferred_element_type=jnp.float32)                          # [kvh, r, slots, tp]
-  s = jnp.take_along_axis(s, r_slot[None, :, None, None], axis=2)[:, :, 0]    # [kvh, r, tp]
-  s = jnp.where(pvalid[r_slot][None], s, NEG_INF)
-  m = jnp.max(s, -1)                                                          # [kvh, r]
+  qk = q.transpose(2, 0, 1, 3, 4).reshape(kvh, b, t * g, d)                  # [kvh, b, r, d]
+  s = jnp.einsum("kbrd,kqsd->kbrqs", qk, pk.astype(dtype).transpose(1, 0, 2, 3),
+                 preferred_element_type=jnp.float32)                          # [kvh, b, r, slots, tp]
+  s = jnp.take_along_axis(s, row_slot[None, :, None, None, None], axis=3)[:, :, :, 0]
+  s = jnp.where(pvalid[row_slot][None, :, None, :], s, NEG_INF)               # [kvh, b, r, tp]
+  m = jnp.max(s, -1)                                                          # [kvh, b, r]
   own = []
   for src in sources:
     x = jnp.einsum("btkgd,bksd->bkgts", q, src.k.astype(dtype), preferred_element_type=jnp.float32)
     x = jnp.where(src.mask[:, None, None, :, :], x, NEG_INF)
     own.append(x)
-    m = jnp.maximum(m, jnp.max(x, -1).transpose(1, 0, 2, 3).reshape(kvh, b * g * t))
-  e = jnp.exp(s - m[..., None])                                               # [kvh, r, tp]
-  mine = jnp.arange(slots)[:, None] == r_slot[None, :]                        # [slots, r]
-  e_slots = jnp.where(mine[None, :, :, None], e[:, None], 0.0)                # [kvh, slots, r, tp]
-  o = jnp.sum(jnp.einsum("kqrs,kqsd->kqrd", e_slots.astype(dtype),
+    m = jnp.maximum(m, jnp.max(x, -1).transpose(1, 0, 3, 2).reshape(kvh, b, t * g))
+  e = jnp.exp(s - m[..., None])                                               # [kvh, b, r, tp]
+  mine = jnp.arange(slots)[:, None] == row_slot[None, :]                      # [slots, b]
+  e_slots = jnp.where(mine[None, :, :, None, None], e[:, None], 0.0)          # [kvh, slots, b, r, tp]
+  o = jnp.sum(jnp.einsum("kqbrs,kqsd->kqbrd", e_slots.astype(dtype),
                          pv.astype(dtype).transpose(1, 0, 2, 3),
-                         preferred_element_type=jnp.float32), axis=1)         # [kvh, r, d]
-  to_rows = lambda x: x.reshape(kvh, b, g, t, -1).transpose(1, 0, 2, 3, 4)    # [b, kvh, g, t, .]
+                         preferred_element_type=jnp.float32), axis=1)         # [kvh, b, r, d]
+  to_rows = lambda x: x.reshape(kvh, b, t, g, -1).transpose(1, 0, 3, 2, 4)    # [b, kvh, g, t, .]
   out, denom, m = to_rows(o), to_rows(jnp.sum(e, -1)[..., None]), to_rows(m[..., None])
   for src, x in zip(sources, own):
     ex = jnp.exp(x - m)
