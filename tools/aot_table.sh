@@ -15,5 +15,6 @@ run --config=configs/sft_llama2_13b.py --programs=train
 run --config=configs/sft_llama2_70b.py --programs=train
 run --config=configs/sft_llama2_70b.py --programs=train --config.grad_accum_steps=1
 run --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256
-run --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256 --sample_mesh_shape=
+# one chip: 64 rows (256 need 141 GiB of temporaries: the KV-cache relayout copies, see README)
+run --config=configs/sft_llama2_7b.py --programs=sample --num_samples=256 --sample_mesh_shape= --rows=64
 run --config=configs/sft_llama2_70b.py --programs=sample --num_samples=256
