@@ -41,6 +41,9 @@ _FRACTION_RE = re.compile(r"^-?(?:\\[dt]?frac\{-?\d+\}\{-?\d+\}|\d+\s*/\s*\d+)")
 _GSM8K_MARK_RE = re.compile(r"####")
 _ANSWER_IS_RE = re.compile(r"answer\s+is\s*[:：]?", re.IGNORECASE)
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+# Xwin-Math's last resort for MATH ("flex" extraction): the last inline formula `$...$` or number
+# (a fraction a/b, a decimal, a number with thousands separators) in the text.
+_MATH_LAST_RE = re.compile(r"\$(?P<tex>[^$]+)\$|(?P<num>-?\d+\s*/\s*\d+|" + _NUMBER_RE.pattern + ")")
 
 # Unit words that may follow a number in an answer ("18 dollars", "5 cm").
 UNIT_WORDS = frozenset("""
@@ -241,8 +244,10 @@ def extract_gsm8k_answer(text: str) -> str | None:
 def extract_math_answer(text: str) -> str | None:
   """LaTeX answer of a MATH-style solution or model output; None if there is none.
 
-  After the last "The answer is": the box in that line, else the line (surrounding ``$`` and a
-  final period removed); without the marker, the last balanced ``\\boxed{}``/``\\fbox{}``.
+  Xwin-Math's order ("flex" extraction): after the last "The answer is", the box in that line,
+  else the line (surrounding ``$`` and a final period removed); without the marker, the last
+  balanced ``\\boxed{}``/``\\fbox{}``; without one, the last inline formula ``$...$`` or number
+  in the text.
   """
   phrases = list(_ANSWER_IS_RE.finditer(text))
   if phrases:
@@ -255,7 +260,16 @@ def extract_math_answer(text: str) -> str | None:
     span = re.sub(r"[.。]\s*$", "", span).strip()
     if span:
       return span
-  return last_boxed(text)
+  boxed = last_boxed(text)
+  if boxed is not None:
+    return boxed
+  matches = list(_MATH_LAST_RE.finditer(text))
+  if not matches:
+    return None
+  last = matches[-1]
+  if last.group("tex") is not None:
+    return last.group("tex").strip() or None
+  return canonical_number(last.group("num")) or re.sub(r"\s+", "", last.group("num"))
 
 
 def extract_answer(text: str, dataset: str) -> str | None:

@@ -39,8 +39,14 @@ def test_extract_gsm8k(text, expected):
     ("no brace \\boxed 5$ done", "5"),
     ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
     ("Thus the answer is: 2\\sqrt{2}.\nExtra line", "2\\sqrt{2}"),
-    ("unclosed \\boxed{12 and nothing else", None),
-    ("We computed 12 and 13.", None),
+    # Xwin-Math's last resort (flex): the last inline formula or number of the text
+    ("unclosed \\boxed{12 and nothing else", "12"),
+    ("We computed 12 and 13.", "13"),
+    ("The maximum number of values that can be obtained is 4.", "4"),
+    ("so the area is $3\\sqrt{13}$ square units", "3\\sqrt{13}"),
+    ("a total of 1,500 and then 3/4 of it", "3/4"),
+    ("which equals 48 inches", "48"),
+    ("no number here at all", None),
 ])
 def test_extract_math(text, expected):
   assert answers.extract_math_answer(text) == expected
