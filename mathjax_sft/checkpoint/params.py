@@ -285,11 +285,7 @@ def _step_params_metadata(step_dir: Path) -> dict:
 
 def _per_layer(layers: Any) -> list | None:
   """A stored `layers` subtree as a list of per-layer dicts, or None when it is stacked."""
-  if isinstance(layers, (list, tuple)):
-    return list(layers)
-  if isinstance(layers, dict) and "0" in layers:
-    return [layers[str(i)] for i in range(len(layers))]
-  return None
+  return list(layers) if isinstance(layers, (list, tuple)) else None
 
 
 def _step_layers_stacked(step_dir: Path) -> bool:
