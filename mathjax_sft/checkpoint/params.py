@@ -47,6 +47,11 @@ MODEL_FILES_SUBDIR = "model_files"    # OUT/model_files/: a training run's token
 STEP_ITEMS = ("state", "meta")         # the items of a train-state step (train_state.py)
 
 
+def _step_meta_file(step_dir: Path) -> Path:
+  """The JSON of a step's `meta` item (model config, step, metrics)."""
+  return step_dir / "meta" / "metadata"
+
+
 def is_checkpoint_dir(path: str | Path) -> bool:
   path = Path(path)
   return (path / CONFIG_NAME).is_file() and (path / PARAMS_SUBDIR).is_dir()
@@ -80,7 +85,7 @@ def save_model_files(run_dir: str | Path, tokenizer: Any) -> Path:
 
 
 def _step_meta(step_dir: Path) -> dict:
-  path = step_dir / "meta" / "metadata"
+  path = _step_meta_file(step_dir)
   try:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
@@ -131,7 +136,7 @@ def fingerprint(path: str | Path) -> str:
   import hashlib
   path = Path(path)
   if is_train_step_dir(path):   # its meta (config, step, metrics) and the state's metadata
-    digest = hashlib.sha256((path / "meta" / "metadata").read_bytes())
+    digest = hashlib.sha256(_step_meta_file(path).read_bytes())
     tree = path / "state"
   else:
     digest = hashlib.sha256((path / CONFIG_NAME).read_bytes())

@@ -216,14 +216,13 @@ NETWORK_PROBE = ("storage.googleapis.com", 443)
 NETWORK_PROBE_TIMEOUT_S = 5.0
 
 
-def check_network(what: str, probe: tuple[str, int] | None = None,
-                  timeout_s: float | None = None) -> None:
-  """Fails within `timeout_s` (default 5 s) naming `what` when `probe` (host, port) cannot be
+def check_network(what: str) -> None:
+  """Fails within NETWORK_PROBE_TIMEOUT_S naming `what` when NETWORK_PROBE (host, port) cannot be
   reached, instead of letting a download retry for minutes."""
   import socket  # pylint: disable=import-outside-toplevel
-  host, port = probe or NETWORK_PROBE
+  host, port = NETWORK_PROBE
   try:
-    socket.create_connection((host, port), timeout=timeout_s or NETWORK_PROBE_TIMEOUT_S).close()
+    socket.create_connection((host, port), timeout=NETWORK_PROBE_TIMEOUT_S).close()
   except OSError as e:
     raise ConnectionError(
         f"{what} needs the network, but {host}:{port} cannot be reached ({e}); prepare the "
