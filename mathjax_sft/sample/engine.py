@@ -342,10 +342,10 @@ class Engine:
                       length=rep((slots,), jnp.int32), key=rep((slots,), jnp.int32),
                       first=rep((slots, num_samples), jnp.int32))
     new = self.ecfg.max_new_tokens
-    cache_kv = lambda: tuple(sds((rows, cfg.num_kv_heads, new, cfg.head_dim), dtype,
-                                 llama.CACHE_AXES) for _ in range(cfg.num_layers))
-    cache = llama.KVCache(k=cache_kv(), v=cache_kv(), valid=sds((rows, new), bool,
-                                                                ("cache_batch", None)),
+    shapes = llama.cache_shapes(cfg, rows, new)
+    cache_kv = lambda i, axes: tuple(sds(shapes[i], dtype, axes) for _ in range(cfg.num_layers))
+    cache = llama.KVCache(k=cache_kv(0, llama.CACHE_K_AXES), v=cache_kv(1, llama.CACHE_V_AXES),
+                          valid=sds((rows, new), bool, ("cache_batch", None)),
                           index=rep((), jnp.int32))
     vec = lambda dt: sds((rows,), dt, ("batch",))
     state = DecodeState(cache=cache, slot=vec(jnp.int32), j=vec(jnp.int32), g=vec(jnp.int32),
@@ -389,12 +389,13 @@ class Engine:
     u0 = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0)))(keys)
     first = sample_many(logits, u0[None], sampler)[0]                        # [N]
     width = pool.prefix.valid.shape[1]
+    written = llama.prefix_from_cache(cache)
     put = lambda store, x: jax.lax.dynamic_update_slice(
         store, jnp.pad(x, ((0, 0), (0, 0), (0, width - t), (0, 0))).astype(store.dtype),
         (slot, 0, 0, 0))
     prefix = llama.Prefix(
-        k=tuple(put(s, x) for s, x in zip(pool.prefix.k, cache.k)),
-        v=tuple(put(s, x) for s, x in zip(pool.prefix.v, cache.v)),
+        k=tuple(put(s, x) for s, x in zip(pool.prefix.k, written.k)),
+        v=tuple(put(s, x) for s, x in zip(pool.prefix.v, written.v)),
         valid=pool.prefix.valid.at[slot].set(jnp.arange(width) < length))
     return PromptPool(prefix=prefix, length=pool.length.at[slot].set(length),
                       key=pool.key.at[slot].set(key), first=pool.first.at[slot].set(first))
