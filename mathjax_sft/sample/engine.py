@@ -15,6 +15,9 @@ All problems x N samples go through one pool of `rows` decode rows:
     are matched on decoded text (`stops.StopStrings`) and a sample that hit one ends there (its
     row is released at the start of the next chunk); finished problems are handed to
     `on_problem`; free slots are refilled; the next queue is built.
+  * tail: once every sample has started, rows only go idle. Whenever the live rows fit in half
+    the pool, they are moved there (a gather of their state and caches) and decoding goes on
+    with the smaller program, down to `EngineConfig.min_tail_rows`.
 Sample j of problem `key` draws its t-th token with the uniform
 `fold_in(fold_in(fold_in(seed, key), j), t)`, and a row's arithmetic does not depend on the
 other rows or prompts, so samples do not depend on the pool size, chunk size or problem order.
@@ -65,12 +68,17 @@ class EngineConfig:
   max_prompt_len: int | None = None
   cache_read_buckets: int = 1      # see llama.forward (the pool's ring is shared, so the
                                    # written part is all of it after the first chunks)
+  min_tail_rows: int = 8           # once no sample is left to queue, the rows halve whenever the
+                                   # live ones fit, down to this many (one more decode program per
+                                   # size; 0: never)
 
   def __post_init__(self):
     for name in ("max_new_tokens", "rows", "prefix_slots", "chunk_steps", "cache_read_buckets"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ValueError(f"EngineConfig.{name} must be positive, got {value}")
+    if self.min_tail_rows < 0:
+      raise ValueError(f"EngineConfig.min_tail_rows must be >= 0, got {self.min_tail_rows}")
 
 
 def prompt_bucket(length: int) -> int:
@@ -263,6 +271,7 @@ class EngineStats:
   useful_tokens: int = 0        # tokens kept in samples, plus each finished sample's stop token
   idle_while_queued: int = 0    # row-steps without a token in chunks whose queue never ran dry
   samples: int = 0              # samples ended
+  shrinks: int = 0              # times the tail's live rows moved into a pool half the size
   decode_flops: float = 0.0     # model FLOPs of the decode steps run (all rows, see step_flops)
 
   @property
@@ -313,6 +322,7 @@ class Engine:
                             donate_argnames=("pool",))
     self._decode = jax.jit(self._decode_fn, static_argnames=("steps",),
                            donate_argnames=("state",))
+    self._shrinkers: dict[tuple, Callable] = {}
     self.stats = EngineStats()
 
   # ---- shapes --------------------------------------------------------------------------------
@@ -448,6 +458,37 @@ class Engine:
                                          length=steps)
     return state, head, events
 
+  def _shrink(self, state: DecodeState, order: np.ndarray, live: int, spec: DecodeState):
+    """The rows `order` (the `live` ones first) of `state`, as a pool of len(order) rows whose
+    other rows are idle (sharded like `spec`)."""
+    key = (state.slot.shape[0], len(order))
+    if key not in self._shrinkers:
+      self._note_shape(("shrink",) + key)
+
+      def shrink(state, order, live):
+        take = lambda x: jnp.take(x, order, axis=0)
+        cache = state.cache
+        cache = llama.KVCache(k=jax.tree.map(take, cache.k), v=jax.tree.map(take, cache.v),
+                              valid=take(cache.valid), index=cache.index)
+        on = jnp.arange(order.shape[0]) < live
+        return DecodeState(cache=cache, slot=take(state.slot), j=take(state.j), g=take(state.g),
+                           tok=take(state.tok), n=take(state.n), active=take(state.active) & on,
+                           pending=take(state.pending) & on)
+
+      self._shrinkers[key] = jax.jit(    # (not donated: no output has the input's shape)
+          shrink, out_shardings=None if self.mesh is None else jax.tree.map(lambda x: x.sharding, spec))
+    return self._shrinkers[key](state, self._put(order.astype(np.int32), (None,)), jnp.int32(live))
+
+  def _tail_rows(self, rows: int, live: int) -> int:
+    """The pool size for the tail's `live` rows: `rows` halved while they fit (and the size stays
+    a multiple of the batch shards, at least `min_tail_rows`)."""
+    shards = 1 if self.mesh is None else math.prod(self.mesh.shape[a] for a in ("data", "fsdp")
+                                                   if a in self.mesh.shape)
+    floor = self.ecfg.min_tail_rows
+    while floor and live <= rows // 2 and rows // 2 >= floor and (rows // 2) % shards == 0:
+      rows //= 2
+    return rows
+
   # ---- host side ----------------------------------------------------------------------------
   def _put(self, x, axes):
     if self.mesh is None:
@@ -474,8 +515,9 @@ class Engine:
     rows, slots, width = self.shapes([len(p) for p in prompts], N)
     sampler = sampling.traced()
     seed = jnp.int32(seed)
-    self._note_shape(("decode", rows, slots, width, N, self.ecfg.max_new_tokens,
-                      self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules)))
+    decode_key = lambda rows: ("decode", rows, slots, width, N, self.ecfg.max_new_tokens,
+                               self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules))
+    self._note_shape(decode_key(rows))
     pool_spec, state_spec, queue_spec, _ = self.specs(rows, slots, width, N)
     pool, state = self.init_state(pool_spec, state_spec)
     queue_len = queue_spec.slot.shape[0]
@@ -542,13 +584,25 @@ class Engine:
       self.stats.prefill_s += toc - tic
       items = [(prob.slot, j, prob.index * N + j) for prob in resident
                for j in range(prob.next_j, N)][:queue_len]
+      if not items and not (row_g >= 0).any():
+        raise RuntimeError("sampler scheduler stalled: no queued work and no live row")
+      if not items and not upcoming:                       # the tail: only live rows are left
+        live = np.flatnonzero(row_g >= 0)
+        smaller = self._tail_rows(rows, len(live))
+        if smaller < rows:
+          order = np.concatenate([live, np.flatnonzero(row_g < 0)])[:smaller]
+          rows = smaller
+          _, state_spec, queue_spec, _ = self.specs(rows, slots, width, N)
+          self._note_shape(decode_key(rows))
+          state = self._shrink(state, order, len(live), state_spec)
+          row_g, kill = row_g[order], np.zeros(rows, bool)
+          queue_len = queue_spec.slot.shape[0]
+          self.stats.shrinks += 1
       q = np.zeros((3, queue_len), np.int32)
       if items:
         q[:, :len(items)] = np.array(items, np.int32).T
       queue = WorkQueue(slot=self._put(q[0], (None,)), j=self._put(q[1], (None,)),
                         g=self._put(q[2], (None,)), count=jnp.int32(len(items)))
-      if not items and not (row_g >= 0).any():
-        raise RuntimeError("sampler scheduler stalled: no queued work and no live row")
       tic = time.perf_counter()
       self.stats.host_s += tic - toc
       state, taken, ev = self._decode(self.params, pool, state, queue,

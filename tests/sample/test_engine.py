@@ -132,6 +132,31 @@ def test_work_accounting_no_padding(tiny):
   assert 0 < st.utilisation <= 1
 
 
+@pytest.mark.parametrize("mesh_shape", [None, (2, 1, 1)])
+def test_tail_shrinks_the_pool_without_changing_samples(tiny, mesh_shape):
+  """Once every sample has started, the live rows move into a pool a power of two smaller
+  whenever they fit (down to 2 rows here; over 2 data-parallel devices the pool stays a multiple
+  of 2): the same samples as a run that never shrinks, every drawn token kept, fewer row-steps."""
+  from mathjax_sft.checkpoint.params import param_shardings
+  from mathjax_sft.sharding.mesh import make_mesh
+  cfg, params, prompts = tiny
+  mesh = None if mesh_shape is None else make_mesh(mesh_shape, jax.devices()[:2])
+  if mesh is not None:
+    params = jax.device_put(params, param_shardings(cfg, mesh))
+  ids, sampling = ["a", "b", "c"], SamplingParams(0.9)
+  runs = {}
+  for floor in (0, 2):
+    engine = Engine(params, cfg, EngineConfig(max_new_tokens=12, rows=16, chunk_steps=2,
+                                              min_tail_rows=floor), mesh=mesh)
+    res = engine.generate(prompts, ids, 7, sampling, seed=5)
+    runs[floor] = ([r.tokens for r in res], [r.finished for r in res], engine.stats)
+  assert runs[2][:2] == runs[0][:2]
+  fixed, shrunk = runs[0][2], runs[2][2]
+  assert fixed.shrinks == 0 and shrunk.shrinks >= 1
+  assert shrunk.decoded == shrunk.useful_tokens == fixed.useful_tokens
+  assert shrunk.row_steps < fixed.row_steps and shrunk.utilisation > fixed.utilisation
+
+
 def test_eos_stops_rows_and_loop_exits_early(tiny):
   cfg, params, prompts = tiny
   logits, _ = llama.forward(params, cfg, np.array([prompts[0]]))
