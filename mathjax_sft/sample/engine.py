@@ -214,7 +214,7 @@ def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
 @dataclasses.dataclass
 class PromptPool:
   """The resident prompts: Q slots of up to T tokens (T: the run's longest prompt, bucketed)."""
-  prefix: llama.Prefix          # keys / values [Q, kv_heads, T, head_dim] per layer, valid [Q, T]
+  prefix: llama.Prefix          # keys / values [kv_heads, Q, T, head_dim] per layer, valid [Q, T]
   length: jax.Array             # int32 [Q]: prompt lengths
   key: jax.Array                # int32 [Q]: problem keys (seed the samples)
   first: jax.Array              # int32 [Q, N]: every sample's first token, drawn at prefill
@@ -346,7 +346,7 @@ class Engine:
     sds = lambda shape, dt, axes: jax.ShapeDtypeStruct(shape, jnp.dtype(dt),
                                                        sharding=self._sharding(axes, shape))
     rep = lambda shape, dt: sds(shape, dt, (None,) * len(shape))
-    pool_kv = lambda: tuple(sds((slots, cfg.num_kv_heads, width, cfg.head_dim), dtype, POOL_AXES)
+    pool_kv = lambda: tuple(sds((cfg.num_kv_heads, slots, width, cfg.head_dim), dtype, POOL_AXES)
                             for _ in range(cfg.num_layers))
     pool = PromptPool(prefix=llama.Prefix(k=pool_kv(), v=pool_kv(), valid=rep((slots, width), bool)),
                       length=rep((slots,), jnp.int32), key=rep((slots,), jnp.int32),
@@ -400,9 +400,9 @@ class Engine:
     first = sample_many(logits, u0[None], sampler)[0]                        # [N]
     width = pool.prefix.valid.shape[1]
     written = llama.prefix_from_cache(cache)
-    put = lambda store, x: jax.lax.dynamic_update_slice(
-        store, jnp.pad(x, ((0, 0), (0, 0), (0, width - t), (0, 0))).astype(store.dtype),
-        (slot, 0, 0, 0))
+    put = lambda store, x: jax.lax.dynamic_update_slice(         # x [1, kvh, t, d]
+        store, jnp.pad(x.swapaxes(0, 1), ((0, 0), (0, 0), (0, width - t), (0, 0))).astype(
+            store.dtype), (0, slot, 0, 0))
     prefix = llama.Prefix(
         k=tuple(put(s, x) for s, x in zip(pool.prefix.k, written.k)),
         v=tuple(put(s, x) for s, x in zip(pool.prefix.v, written.v)),
@@ -662,7 +662,7 @@ class Engine:
       log.info("compiling %s (programs so far: %d)", key, len(self.compiled_shapes))
 
 
-POOL_AXES = (None, "cache_heads", None, "head_dim")   # prompt slots are read by every row
+POOL_AXES = ("cache_heads", None, None, "head_dim")   # prompt slots are read by every row
 # the prefill of one prompt: its batch of 1 is not split over the data-parallel axes
 PREFILL_RULES = {**sharding_rules.DEFAULT_RULES, "batch": None, "cache_batch": None}
 
