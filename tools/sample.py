@@ -59,6 +59,10 @@ _SLOTS = flags.DEFINE_integer("prefix_slots", _D["prefix_slots"], "Prompts resid
 _CHUNK = flags.DEFINE_integer("chunk_steps", _D["chunk_steps"], "Decode steps per compiled call; "
                               "the host schedules work and matches stop strings between calls. "
                               "Does not change the samples.")
+_TAIL = flags.DEFINE_integer("min_tail_rows", _D["min_tail_rows"], "Once every sample has "
+                             "started, the live rows move into a pool a power of two smaller "
+                             "whenever they fit, down to this many rows (0: never; each size is "
+                             "one more compiled decode program). Does not change the samples.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", _D["compute_dtype"], ["float32", "bfloat16"], "Matmul dtype.")
 _PDTYPE = flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"],
                             "Cast weights to this dtype when loading (default: as stored).")
@@ -92,6 +96,7 @@ def main(argv):
       max_new_tokens=_MAX_NEW.value, seed=_SEED.value, template=_TEMPLATE.value,
       system_prompt=_SYSTEM.value, stop_strings=tuple(_STOP.value),
       rows=_ROWS.value, prefix_slots=_SLOTS.value, chunk_steps=_CHUNK.value,
+      min_tail_rows=_TAIL.value,
       compute_dtype=_DTYPE.value,
       param_dtype=_PDTYPE.value,
       mesh_shape=tuple(int(x) for x in _MESH.value) if _MESH.value else None,

@@ -63,7 +63,9 @@ class SampleRunConfig:
   stop_strings: tuple[str, ...] = ()   # besides the template's own (templates.STOP_STRINGS)
   rows: int | None = None            # decode rows (None: from device memory and the model)
   prefix_slots: int | None = None    # prompts resident at once (None: rows // N + 3)
-  chunk_steps: int = 8               # decode steps between two rounds of host scheduling
+  chunk_steps: int = EngineConfig.chunk_steps      # decode steps between two rounds of host
+                                                   # scheduling
+  min_tail_rows: int = EngineConfig.min_tail_rows  # the tail's pool halves down to this (0: off)
   compute_dtype: str = "float32"
   param_dtype: str | None = None     # cast weights while loading (e.g. bfloat16)
   mesh_shape: tuple[int, ...] | None = None
@@ -209,7 +211,8 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
   engine = Engine(params, model_cfg, EngineConfig(
       max_new_tokens=cfg.max_new_tokens, rows=cfg.rows, prefix_slots=cfg.prefix_slots,
-      chunk_steps=cfg.chunk_steps, stop_strings=cfg.all_stop_strings), mesh=mesh, donate=True,
+      chunk_steps=cfg.chunk_steps, min_tail_rows=cfg.min_tail_rows,
+      stop_strings=cfg.all_stop_strings), mesh=mesh, donate=True,
       detokenize=detokenize)
   del params   # donated: the engine holds the only copy of the weights
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
