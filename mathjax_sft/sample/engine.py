@@ -271,7 +271,7 @@ class EngineStats:
   useful_tokens: int = 0        # tokens kept in samples, plus each finished sample's stop token
   idle_while_queued: int = 0    # row-steps without a token in chunks whose queue never ran dry
   samples: int = 0              # samples ended
-  shrinks: int = 0              # times the tail's live rows moved into a pool half the size
+  shrinks: int = 0              # times the tail's live rows moved into a smaller pool
   decode_flops: float = 0.0     # model FLOPs of the decode steps run (all rows, see step_flops)
 
   @property
@@ -475,8 +475,9 @@ class Engine:
                            tok=take(state.tok), n=take(state.n), active=take(state.active) & on,
                            pending=take(state.pending) & on)
 
-      self._shrinkers[key] = jax.jit(    # (not donated: no output has the input's shape)
-          shrink, out_shardings=None if self.mesh is None else jax.tree.map(lambda x: x.sharding, spec))
+      shardings = None if self.mesh is None else jax.tree.map(lambda x: x.sharding, spec)
+      # not donated: no output has an input's shape (both pools exist for a moment: 1.5x caches)
+      self._shrinkers[key] = jax.jit(shrink, out_shardings=shardings)
     return self._shrinkers[key](state, self._put(order.astype(np.int32), (None,)), jnp.int32(live))
 
   def _tail_rows(self, rows: int, live: int) -> int:
