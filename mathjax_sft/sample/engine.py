@@ -111,14 +111,19 @@ class Samples:
   texts: list[str] | None = None   # decoded (with `detokenize`), cut at the stop string
 
 
+def batch_shards(mesh: Mesh | None) -> int:
+  """How many ways the decode rows are split (the mesh's data x fsdp size; 1 without a mesh)."""
+  return 1 if mesh is None else math.prod(mesh.shape[a] for a in ("data", "fsdp")
+                                          if a in mesh.shape)
+
+
 def default_rows(cfg: ModelConfig, max_new_tokens: int, work: int, mesh: Mesh | None = None,
                  memory_fraction: float = 0.5) -> int:
   """Decode rows that fit the device: ring caches + per-row logits and sort buffers within
   `memory_fraction` of the device memory left after the weights, capped per platform, never more
   than the work (rounded up to the batch shards)."""
   device = (mesh.devices.flat[0] if mesh is not None else jax.local_devices()[0])
-  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in ("data", "fsdp")
-                                            if a in mesh.shape)
+  shards = batch_shards(mesh)
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   per_row = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * max_new_tokens * itemsize
              + 4 * cfg.vocab_size * 4)
@@ -483,8 +488,7 @@ class Engine:
   def _tail_rows(self, rows: int, live: int) -> int:
     """The pool size for the tail's `live` rows: `rows` halved while they fit (and the size stays
     a multiple of the batch shards, at least `min_tail_rows`)."""
-    shards = 1 if self.mesh is None else math.prod(self.mesh.shape[a] for a in ("data", "fsdp")
-                                                   if a in self.mesh.shape)
+    shards = batch_shards(self.mesh)
     floor = self.ecfg.min_tail_rows
     while floor and live <= rows // 2 and rows // 2 >= floor and (rows // 2) % shards == 0:
       rows //= 2
