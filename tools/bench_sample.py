@@ -6,8 +6,10 @@
   python tools/bench_sample.py --workload=decode --num_samples=64 --max_new_tokens=96
 
 Prints JSON. `gsm8k`: useful new tokens/s of `tools/sample.py` (a fresh process: start, load,
-compile, decode, grade) and of transformers (one prompt at a time, model load included), the
-ratio, our utilisation and decode FLOP/s against the matmul peak measured in the same run.
+compile, decode, grade) and of transformers (one prompt at a time, model load included), timed
+A-B-A (ours, transformers, ours again: the ratio uses the mean of our two runs, so a drift of the
+machine's speed does not land on one side), our utilisation and decode FLOP/s against the matmul
+peak measured in the same run (before and after).
 `--repo` times another checkout's `tools/sample.py` (a before/after comparison on one machine).
 """
 

@@ -85,11 +85,15 @@ def prompt_bucket(length: int) -> int:
   return max(MIN_PROMPT_BUCKET, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
 
 
+POOL_WIDTH_MULTIPLE = 16   # f32 / bf16 sublane tiles (TPU), AVX-512 vectors (CPU)
+
+
 def pool_width(length: int) -> int:
   """Prompt-pool width for a run whose longest prompt has `length` tokens: every row attends over
-  all of it, so it is rounded up to a multiple of 64 only (prefill buckets are powers of two,
-  capped at this width)."""
-  return max(MIN_PROMPT_BUCKET, -(-length // 64) * 64)
+  all of it, every step, so it is rounded up to a multiple of 16 only (prefill buckets are powers
+  of two, capped at this width). GSM8K's first 8 prompts (56-140 tokens): 144, not 192 (the
+  64-row decode step 3-7% faster, A/B on a 2-core CPU)."""
+  return max(MIN_PROMPT_BUCKET, -(-length // POOL_WIDTH_MULTIPLE) * POOL_WIDTH_MULTIPLE)
 
 
 def default_slots(rows: int, num_samples: int) -> int:
