@@ -30,8 +30,9 @@ _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads (XLA uses 
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                            "decode: our weights/compute dtype (the reference stays float32).")
 _REPO = flags.DEFINE_string("repo", ".", "gsm8k: the checkout whose tools/sample.py is timed.")
-_OUT = flags.DEFINE_string("output_dir", None, "gsm8k: keep our run directory here (default: a "
-                           "temporary one).")
+_OUT = flags.DEFINE_string("output_dir", None, "gsm8k: keep our run directories here and in "
+                           "<output_dir>_after_reference (default: temporary ones); both must be "
+                           "new or empty, or tools/sample.py would resume instead of sampling.")
 _SKIP = flags.DEFINE_bool("skip_reference", False, "Time only our sampler.")
 
 

@@ -9,7 +9,12 @@ is a reference only: it is imported here, never by the engine.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,14 +130,10 @@ def run_sample_tool(repo: str, checkpoint: str, num_problems: int, num_samples: 
                     max_new_tokens: int, temperature: float, out_dir: str,
                     extra_flags: tuple[str, ...] = ()) -> dict[str, Any]:
   """`tools/sample.py` of checkout `repo` as a user runs it (a fresh process), timed whole."""
-  import subprocess
-  import sys
-  from pathlib import Path
   cmd = [sys.executable, "tools/sample.py", f"--checkpoint={Path(checkpoint).absolute()}",
          "--dataset=gsm8k", f"--num_problems={num_problems}", f"--num_samples={num_samples}",
          f"--temperature={temperature}", f"--max_new_tokens={max_new_tokens}",
          f"--output_dir={out_dir}", *extra_flags]
-  import os
   env = dict(os.environ, PYTHONPATH=str(Path(repo).absolute()),   # that checkout's library
              MATHJAX_DATA_DIR=str(paths.data_dir().absolute()))
   tic = time.perf_counter()
@@ -163,8 +164,11 @@ def run_workload(checkpoint: str, num_problems: int = 8, num_samples: int = 64,
   side only (two runs of the same command differed by 15% on a shared 2-core VM). The ratio is
   the mean of our two useful-token rates over the reference's; each run's ratio is reported too,
   as is the matmul peak before and after."""
-  import tempfile
   from transformers import AutoTokenizer
+  for d in ([out_dir, f"{out_dir}_after_reference"] if out_dir else []):
+    if Path(d).is_dir() and any(Path(d).iterdir()):
+      raise ValueError(f"--output_dir: {d} is not empty; tools/sample.py would resume the run "
+                       "there instead of timing it (give a new directory)")
   peak = measure_matmul_peak("float32", n=2048, repeats=5)
   rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
   with tempfile.TemporaryDirectory() as tmp:
