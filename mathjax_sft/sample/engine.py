@@ -85,7 +85,7 @@ def prompt_bucket(length: int) -> int:
   return max(MIN_PROMPT_BUCKET, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
 
 
-POOL_WIDTH_MULTIPLE = 16   # f32 / bf16 sublane tiles (TPU), AVX-512 vectors (CPU)
+POOL_WIDTH_MULTIPLE = 16   # whole f32 (8) and bf16 (16) sublane tiles on TPU, AVX-512 vectors
 
 
 def pool_width(length: int) -> int:
