@@ -96,8 +96,7 @@ def run(checkpoint: str, num_prompts: int = 1, num_samples: int = 64, max_new_to
       "model": checkpoint, "num_prompts": num_prompts, "num_samples": num_samples,
       "max_new_tokens": max_new_tokens, "temperature": temperature, "threads": threads,
       "compute_dtype": compute_dtype,
-      "ours": {k: round(v, 3) if isinstance(v, float) else v for k, v in ours.items()
-               if k != "flops"},
+      "ours": _rounded({k: v for k, v in ours.items() if k != "flops"}),
       "matmul_peak_gflops": round(peak / 1e9, 1),
       "ours_gflops": round(ours["flops"] / ours["seconds"] / 1e9, 1),
   }
@@ -105,9 +104,14 @@ def run(checkpoint: str, num_prompts: int = 1, num_samples: int = 64, max_new_to
   if not skip_reference:
     ref = run_transformers(prompts, num_samples, max_new_tokens, temperature, threads,
                            cfg.eos_token_ids[0])
-    result["transformers"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in ref.items()}
+    result["transformers"] = _rounded(ref)
     result["speedup"] = round(ours["tokens_per_s"] / ref["tokens_per_s"], 2)
   return result
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+  """Floats to 3 decimals, for the JSON."""
+  return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def to_json(result: dict[str, Any]) -> str:
@@ -170,14 +174,14 @@ def run_workload(checkpoint: str, num_problems: int = 8, num_samples: int = 64,
       raise ValueError(f"--output_dir: {d} is not empty; tools/sample.py would resume the run "
                        "there instead of timing it (give a new directory)")
   peak = measure_matmul_peak("float32", n=2048, repeats=5)
-  rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
   with tempfile.TemporaryDirectory() as tmp:
+    run_dir = out_dir or f"{tmp}/run"
     ours = run_sample_tool(repo, checkpoint, num_problems, num_samples, max_new_tokens,
-                           temperature, out_dir or f"{tmp}/run")
+                           temperature, run_dir)
     result: dict[str, Any] = {
         "workload": f"gsm8k test[:{num_problems}] x N={num_samples}, {max_new_tokens} new "
                     f"tokens, T={temperature}", "model": checkpoint, "threads": threads,
-        "matmul_peak_gflops": round(peak / 1e9, 1), "ours": rounded(ours)}
+        "matmul_peak_gflops": round(peak / 1e9, 1), "ours": _rounded(ours)}
     if "decode_flops" in ours and ours.get("seconds", {}).get("decode"):
       achieved = ours["decode_flops"] / ours["seconds"]["decode"]
       result["ours_decode_gflops"] = round(achieved / 1e9, 1)
@@ -195,10 +199,10 @@ def run_workload(checkpoint: str, num_problems: int = 8, num_samples: int = 64,
                            threads, eos)
     ref["wall_s"] = time.perf_counter() - tic        # with model load and warm-up, as a user
     ref["useful_tokens_per_s"] = ref["tokens"] / ref["wall_s"]
-    result["transformers"] = rounded(ref)
+    result["transformers"] = _rounded(ref)
     again = run_sample_tool(repo, checkpoint, num_problems, num_samples, max_new_tokens,
-                            temperature, f"{out_dir or tmp + '/run'}_after_reference")
-  result["ours_after_reference"] = rounded(again)
+                            temperature, f"{run_dir}_after_reference")
+  result["ours_after_reference"] = _rounded(again)
   result["matmul_peak_gflops_after"] = round(measure_matmul_peak("float32", n=2048,
                                                                  repeats=5) / 1e9, 1)
   rates = [ours["useful_tokens_per_s"], again["useful_tokens_per_s"]]
