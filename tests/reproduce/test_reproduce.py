@@ -1,6 +1,10 @@
 """tools/reproduce.py pipeline end to end on a tiny model: base -> SFT at two sizes -> figures."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -10,6 +14,8 @@ from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import preset
 from tests.train import helpers
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
@@ -30,9 +36,25 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
       output_dir=str(tmp_path / "out"), base_checkpoint=str(base), train_config=str(recipe),
       sizes=(4, 8), num_epochs=1, max_steps=2, num_problems=2, num_samples=3,
       max_new_tokens=6, sample_dtype="float32", rows=4)
-  rows = reproduce.run(rc)
-  assert [r["sft_rows"] for r in rows] == [0, 4, 8]
   out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(     # the command line with the same settings as rc
+      [sys.executable, "tools/reproduce.py", f"--output_dir={out}", f"--base_checkpoint={base}",
+       f"--train_config={recipe}", "--sizes=4,8", "--num_epochs=1", "--max_steps=2",
+       "--num_problems=2", "--num_samples=3", "--max_new_tokens=6", "--sample_dtype=float32",
+       "--rows=4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  printed_table, printed_json = proc.stdout.split("\n[", 1)
+  rows = json.loads("[" + printed_json)
+  assert rows == json.loads((out / "results.json").read_text())
+  assert printed_table.strip() == (out / "results.md").read_text().strip()
+  assert [r["sft_rows"] for r in rows] == [0, 4, 8]
+  for row, stage in zip(rows, ("base", "sft_4/eval", "sft_8/eval")):   # each row is its stage's
+    summary = json.loads((out / stage / "summary.json").read_text())
+    assert (row["num_problems"], row["num_samples"]) == (2, 3)
+    assert row["pass_at_n"] == summary["pass_at_n"]
+    assert row["pass_ratio_at_n"] == summary["pass_ratio_at_n"]
+    assert row["maj_at_n"] == summary["maj_at_k"]["3"]
   assert len((out / "data" / "gsm8k_train_8.jsonl").read_text().splitlines()) == 8
   for name in ("pass_vs_data.png", "accuracy_by_steps.png"):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -46,3 +68,16 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
   mtime = (out / "sft_4" / "eval" / "summary.json").stat().st_mtime
   assert reproduce.run(rc) == json.loads((out / "results.json").read_text())
   assert (out / "sft_4" / "eval" / "summary.json").stat().st_mtime == mtime
+
+
+def test_table_rows_come_from_each_stage_summary():
+  """A row holds its stage's Pass@N, PassRatio@N, pass@1 and maj@N (not another metric's)."""
+  summary = {"pass_at_n": 0.5, "pass_ratio_at_n": 0.25, "pass_at_k": {"1": 0.2, "3": 0.5},
+             "maj_at_k": {"1": 0.2, "3": 0.4}, "num_problems": 2, "num_samples": 3}
+  row = reproduce._row("SFT 4", 4, summary, {"sample_s": 7})
+  assert row == {"model": "SFT 4", "sft_rows": 4, "pass_at_n": 0.5, "pass_ratio_at_n": 0.25,
+                 "pass_at_1": 0.2, "maj_at_n": 0.4, "num_problems": 2, "num_samples": 3,
+                 "sample_s": 7}
+  table = reproduce.table_markdown([row]).splitlines()
+  assert table[0] == "| model | SFT rows | Pass@3 | PassRatio@3 | pass@1 | maj@3 |"
+  assert table[2] == "| SFT 4 | 4 | 50.0% | 25.0% | 20.0% | 40.0% |"

@@ -100,3 +100,23 @@ def test_a_small_run_prints_a_few_lines(tiny_model, tmp_path):
   assert '"outputs"' in proc.stdout
   brief = json.loads(proc.stdout[proc.stdout.index("{"):])
   assert brief["num_problems"] == 2 and brief["num_samples"] == 4
+
+
+def test_a_changed_checkpoint_refuses_to_resume(tiny_model, tmp_path):
+  """The same --checkpoint path holding other weights (retrained, re-converted): the run
+  directory's samples came from the old weights, so resuming is refused, naming the checkpoint;
+  the unchanged checkpoint resumes."""
+  model = tmp_path / "model"
+  shutil.copytree(tiny_model, model)
+  data = helpers.write_jsonl(tmp_path / "p.jsonl", helpers.arithmetic_rows(2))
+  out = tmp_path / "run"
+  run_lib.run(_cfg(model, data, out, num_problems=2), show_progress=False)
+  before = ckpt.fingerprint(model)
+  assert ckpt.fingerprint(model) == before   # reading a checkpoint does not change it
+  assert run_lib.run(_cfg(model, data, out, num_problems=2),
+                     show_progress=False)["num_problems"] == 2
+  cfg = ckpt.load_config(model)
+  ckpt.save_params(model, llama.init_params(cfg, jax.random.key(4)), cfg)  # same shapes, config
+  assert ckpt.fingerprint(model) != before
+  with pytest.raises(ValueError, match="other settings: checkpoint_fingerprint"):
+    run_lib.run(_cfg(model, data, out, num_problems=2), show_progress=False)
