@@ -1,6 +1,7 @@
 """GGUF import of the embedded SmolLM2-135M-Instruct: logits and greedy text match transformers."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +12,44 @@ from mathjax_sft import paths
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.convert import api, gguf as gguf_io
 from mathjax_sft.model import llama
+from mathjax_sft.model.config import ModelConfig
+
+
+def _llama_cpp_permute(w, n_head, n_head_kv):
+  """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (HF rotate-half rows -> interleaved),
+  applied as permute(q, n_head, n_head) and permute(k, n_head, n_kv_head)."""
+  if n_head_kv is not None and n_head != n_head_kv:
+    n_head = n_head_kv
+  return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+          .swapaxes(1, 2).reshape(w.shape))
 
 
 def test_unpermute_inverts_llama_cpp_permutation():
-  w = np.random.RandomState(0).randn(3 * 8, 5).astype(np.float32)
-  assert not np.array_equal(gguf_io.permute_rotary(w, 3), w)
-  np.testing.assert_array_equal(gguf_io.unpermute_rotary(gguf_io.permute_rotary(w, 3), 3), w)
+  """q (n_head heads) and k (n_kv_head heads, GQA) rows as llama.cpp writes them come back in HF
+  order, directly and through a GGUF tensor source."""
+  n_head, n_kv_head, head_dim, hidden = 4, 2, 8, 5
+  rng = np.random.RandomState(0)
+  q = rng.randn(n_head * head_dim, hidden).astype(np.float32)
+  k = rng.randn(n_kv_head * head_dim, hidden).astype(np.float32)
+  q_gguf = _llama_cpp_permute(q, n_head, n_head)
+  k_gguf = _llama_cpp_permute(k, n_head, n_kv_head)
+  assert not np.array_equal(q_gguf, q) and not np.array_equal(k_gguf, k)
+  np.testing.assert_array_equal(gguf_io.unpermute_rotary(q_gguf, n_head), q)
+  np.testing.assert_array_equal(gguf_io.unpermute_rotary(k_gguf, n_kv_head), k)
+  np.testing.assert_array_equal(gguf_io.permute_rotary(q, n_head), q_gguf)
+  np.testing.assert_array_equal(gguf_io.permute_rotary(k, n_kv_head), k_gguf)
+
+  from gguf import GGMLQuantizationType
+  tensor = lambda name, w: types.SimpleNamespace(      # GGUF lists dims fastest-first
+      name=name, shape=list(reversed(w.shape)), data=w.ravel(),
+      tensor_type=GGMLQuantizationType.F32)
+  reader = types.SimpleNamespace(tensors=[tensor("blk.0.attn_q.weight", q_gguf),
+                                          tensor("blk.0.attn_k.weight", k_gguf)])
+  cfg = ModelConfig(vocab_size=8, hidden_size=hidden, intermediate_size=8, num_layers=1,
+                    num_heads=n_head, num_kv_heads=n_kv_head, head_dim=head_dim)
+  source = gguf_io.GgufSource("model.gguf", cfg, reader)
+  np.testing.assert_array_equal(source.get("model.layers.0.self_attn.q_proj.weight"), q)
+  np.testing.assert_array_equal(source.get("model.layers.0.self_attn.k_proj.weight"), k)
 
 
 def test_bad_gguf_file(tmp_path):

@@ -82,13 +82,23 @@ def test_state_restores_the_exact_position():
 
 
 def test_padding_mode_one_example_per_row():
-  exs = _examples(10)
-  cfg = pipeline.PipelineConfig(batch_size=5, seq_len=32, seed=0, packing=False, num_epochs=1)
+  """Each row holds one whole example; every epoch holds each example exactly once, epochs run on
+  across batch boundaries and only the stream's last partial batch is dropped."""
+  exs = _examples(12)
+  cfg = pipeline.PipelineConfig(batch_size=5, seq_len=32, seed=0, packing=False, num_epochs=2)
   batches = list(pipeline.train_iterator([exs], None, cfg))
-  assert len(batches) == 2
+  assert len(batches) == 4   # 24 rows // 5
+  rows = []
   for b in batches:
-    assert all(len(set(b["segment_ids"][r][b["segment_ids"][r] > 0])) == 1 for r in range(5))
-    assert sorted(_segments(b)) == sorted(set(_segments(b)))
+    for r in range(5):
+      seg = b["segment_ids"][r]
+      assert set(seg[seg > 0].tolist()) == {1}
+    ids = _segments(b)
+    assert [int((b["segment_ids"][r] > 0).sum()) for r in range(5)] == [
+        len(exs[i - 1]["inputs"]) for i in ids]
+    rows += ids
+  assert sorted(rows[:12]) == list(range(1, 13))   # epoch 1: every example once
+  assert len(set(rows[12:])) == 8 and set(rows[12:]) < set(range(1, 13))   # epoch 2: 8 of 12
 
 
 def test_mixing_weights():

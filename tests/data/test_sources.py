@@ -84,9 +84,10 @@ def test_real_gsm8k_file_reads_whole():
 
 
 def test_tfds_download_without_network_fails_fast_naming_the_flag(monkeypatch):
-  """tfds_download=true with no network: a ConnectionError within seconds that names the flag,
-  before TFDS's own download (which retries for minutes) is started."""
-  import time
+  """tfds_download=true with no network: a ConnectionError that names the flag after one network
+  probe bounded by a few seconds, before TFDS's own download (which retries for minutes) is
+  started."""
+  import socket
   import types
   started = []
   builder = types.SimpleNamespace(is_prepared=lambda: False, data_dir="/nowhere",
@@ -96,13 +97,20 @@ def test_tfds_download_without_network_fails_fast_naming_the_flag(monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
   monkeypatch.setitem(sys.modules, "tensorflow_datasets.text", types.ModuleType("text"))
   monkeypatch.setattr(sources, "NETWORK_PROBE", ("127.0.0.1", 9))   # nothing listens there
+  probes, connect = [], socket.create_connection
+
+  def probe(address, timeout=None, *args, **kwargs):
+    probes.append((address, timeout))
+    return connect(address, timeout, *args, **kwargs)
+
+  monkeypatch.setattr(socket, "create_connection", probe)
   spec = sources.parse_sources("tfds:gsm8k")[0]
-  tic = time.monotonic()
   with pytest.raises(ConnectionError, match=r"--config.tfds_download=true \(tfds:gsm8k\).*"
                                             "127.0.0.1:9 cannot be reached"):
     sources.read_source(spec, tfds_download=True)
-  assert time.monotonic() - tic < 10 and not started
+  assert probes == [(("127.0.0.1", 9), sources.NETWORK_PROBE_TIMEOUT_S)] and not started
+  assert 0 < sources.NETWORK_PROBE_TIMEOUT_S <= 10
   # without tfds_download the unprepared dataset is named, and nothing is downloaded either
   with pytest.raises(FileNotFoundError, match="not prepared under /nowhere"):
     sources.read_source(spec)
-  assert not started
+  assert not started and len(probes) == 1
