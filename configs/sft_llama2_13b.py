@@ -2,9 +2,9 @@
 as the 7B config (configs/sft_llama2_7b.py), learning rate 2e-5.
 
 Slice: TPU v5p-128 (topology v5p:4x4x4, 64 chips), pure FSDP over all chips (4 sequences of
-2048 tokens per chip). Measured by `tools/aot_check.py --config=configs/sft_llama2_13b.py`
-(ahead-of-time compile for that topology): per chip 2.28 GiB arguments + 13.44 GiB
-temporaries = 15.7 GiB of 95 GiB HBM (83% free).
+2048 tokens per chip). `tools/aot_check.py --config=configs/sft_llama2_13b.py` compiles the train
+step ahead of time for that topology and says whether it fits; the per-chip memory it measured
+is in docs/benchmarks.md (from docs/results/aot.jsonl).
 """
 
 from mathjax_sft.train.config import xwin_math_recipe

@@ -3,11 +3,11 @@ a lower learning rate (1e-5) for the larger model; batch and packed length as in
 (our reading of the recipe -- check against the paper's appendix before a reproduction run).
 
 Slice: TPU v5p-256 (topology v5p:4x4x8, 128 chips): tensor parallel 8 (the 8 KV heads and 64
-query heads divide it) x FSDP 16; the 256 x 2048 batch in 2 microbatches. Measured by
-`tools/aot_check.py --config=configs/sft_llama2_70b.py` (ahead-of-time compile for that
-topology): per chip 6.04 GiB arguments + 36.45 GiB temporaries = 42.5 GiB of 95 GiB HBM (55%
-free); without accumulation 6.04 + 60.80 GiB (30% free). Sampling at N = 256 on one host's 4
-chips (tensor 4, bf16): 32.20 + 14.28 GiB per chip (51% free).
+query heads divide it) x FSDP 16; the 256 x 2048 batch in 2 microbatches.
+`tools/aot_check.py --config=configs/sft_llama2_70b.py` compiles the train step (and the
+sampler's programs at N = 256 on one host's 4 chips) ahead of time for that topology and says
+whether they fit; the per-chip memory it measured, with and without accumulation, is in
+docs/benchmarks.md (from docs/results/aot.jsonl).
 """
 
 from mathjax_sft.train.config import xwin_math_recipe

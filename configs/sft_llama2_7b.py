@@ -8,12 +8,11 @@ LLaMA-2 SFT practice; GSM8K / MATH solutions are a few hundred tokens): check th
 paper's appendix before a reproduction run.
 
 Slice: TPU v5p-128 (topology v5p:4x4x4, 64 chips), pure FSDP over all chips (4 sequences of
-2048 tokens per chip). Measured by `tools/aot_check.py --config=configs/sft_llama2_7b.py`
-(ahead-of-time compile for that topology): per chip 1.18 GiB arguments (f32 weights + Adam
-state, sharded) + 10.09 GiB temporaries = 11.3 GiB of 95 GiB HBM (88% free). On v4:4x4x4 (64
-chips = 128 TensorCore devices of 16 GiB): 0.59 + 5.22 GiB per device (64% free). Sampling at
-N = 256 (4 problems x 64 rows, 512 new tokens, bf16) on one v5p host (4 chips, tensor 4): 3.26
-+ 17.31 GiB per chip; on a single chip: 13.05 + 67.19 GiB (16% free).
+2048 tokens per chip). `tools/aot_check.py --config=configs/sft_llama2_7b.py` compiles the train
+step (and the sampler's programs at N = 256) ahead of time for that topology and says whether
+they fit; `--topology=v4:4x4x4` checks a v4 slice. The per-chip memory it measured (train step on
+v5p and v4, sampling on one v5p host and on one chip) is in docs/benchmarks.md (from
+docs/results/aot.jsonl).
 """
 
 from mathjax_sft.train.config import xwin_math_recipe

@@ -11,10 +11,10 @@ Sampling is inverse-CDF: one uniform per row, compared against the running sum o
 (unnormalised) probabilities. It draws from exactly the softmax distribution, costs two short
 running sums (over vocabulary blocks, then inside one block) and — unlike Gumbel-max
 (`jax.random.categorical`) — needs one random number per row instead of one per vocabulary
-entry (DESIGN.md §6: 47 ms vs 0.8 ms per step at batch 64 on CPU). Profiled in the decode loop
-(batch 64, 49K vocabulary, 2-core AVX2 CPU): ~22 ms per step with one running sum over the whole
-vocabulary (XLA:CPU lowers it to a reduce-window) and an argmax computed on every step; ~2.5 ms
-with the two-level sum and greedy behind a `cond`.
+entry (see docs/design.md, "Sampling rules"; 47 ms vs 0.8 ms per step at batch 64 on CPU).
+Profiled in the decode loop (batch 64, 49K vocabulary, 2-core AVX2 CPU): ~22 ms per step with
+one running sum over the whole vocabulary (XLA:CPU lowers it to a reduce-window) and an argmax
+computed on every step; ~2.5 ms with the two-level sum and greedy behind a `cond`.
 """
 
 from __future__ import annotations
