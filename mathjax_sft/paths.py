@@ -6,14 +6,27 @@ import importlib.util
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = "MATHJAX_DATA_DIR"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def checkout_root() -> Path | None:
+  """The source checkout this package runs from (the folder holding pyproject.toml beside
+  mathjax_sft/), or None for an installed copy."""
+  root = Path(__file__).resolve().parent.parent
+  return root if (root / "pyproject.toml").is_file() else None
+
+
 def data_dir() -> Path:
-  """Benchmark data root: $MATHJAX_DATA_DIR, else ../shared/data next to the repo root."""
-  path = Path(os.environ.get(DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data")
+  """Benchmark data root: $MATHJAX_DATA_DIR, else ../shared/data beside a source checkout."""
+  env = os.environ.get(DATA_DIR_ENV)
+  root = checkout_root()
+  if not env and root is None:
+    raise FileNotFoundError(
+        f"set ${DATA_DIR_ENV} to a folder holding gsm8k/{{train,test}}.jsonl, "
+        "math/{train,test}.jsonl and math500/test.jsonl (an installed mathjax_sft has no "
+        "checkout to look beside)")
+  path = Path(env or root.parent / "shared" / "data")
   if not path.is_dir():
     raise FileNotFoundError(
         f"benchmark data directory {path} does not exist; set ${DATA_DIR_ENV} to a folder holding "

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 
 from mathjax_sft.eval import metrics
@@ -146,3 +147,97 @@ def test_maj_at_k_votes_by_equivalence(grader):
   by_string = m.maj_at_k_curve([s["answer"] for s in record["samples"]],
                                [s["correct"] for s in record["samples"]])
   assert by_string[4] is False                 # strings alone: 0.3 (2) vs three singletons
+
+
+def _reference_maj_curve(answers, correct):
+  """maj@k by its definition, recounted from scratch for every prefix."""
+  curve = []
+  for k in range(1, len(answers) + 1):
+    votes = [(a, i) for i, a in enumerate(answers[:k]) if a is not None]
+    if not votes:
+      curve.append(False)
+      continue
+    counts = {}
+    for a, i in votes:
+      counts.setdefault(a, [0, i])[0] += 1
+    best = min(counts, key=lambda a: (-counts[a][0], counts[a][1]))
+    curve.append(bool(correct[counts[best][1]]))
+  return curve
+
+
+def test_summary_fields_equal_per_problem_definitions():
+  """Every k of the pass@k and maj@k tables, the per-problem list and a one-sample problem,
+  recomputed from the definitions (binomials, majority votes)."""
+  rows = [(["7", "7", "3", "3", "9"], [True, True, False, False, False]),
+          (["3", "5", "5", None, "3"], [False, True, True, False, False]),
+          ([None, "4", "8", "8", "8"], [False, True, False, False, False]),
+          (["2", None, None, None, None], [True, False, False, False, False])]
+  records = [_record(f"q{i}", c, answers=a) for i, (a, c) in enumerate(rows)]
+  records.append(_record("single", [True], answers=["1"]))
+  s = metrics.summarize(records)
+  assert s["per_problem"] == [{"id": "q0", "n": 5, "c": 2}, {"id": "q1", "n": 5, "c": 2},
+                              {"id": "q2", "n": 5, "c": 1}, {"id": "q3", "n": 5, "c": 1},
+                              {"id": "single", "n": 1, "c": 1}]
+  assert (s["num_samples"], s["max_samples"]) == (1, 5)
+  s = metrics.summarize(records[:4])
+  for k in range(1, 6):
+    want = sum(1 - math.comb(5 - c, k) / math.comb(5, k) for c in (2, 2, 1, 1)) / 4
+    assert s["pass_at_k"][str(k)] == pytest.approx(want, abs=1e-12)
+    want = sum(_reference_maj_curve(a, c)[k - 1] for a, c in rows) / 4
+    assert s["maj_at_k"][str(k)] == pytest.approx(want, abs=1e-12)
+  # by hand: q0 [1 1 1 1 1], q1 [0 0 1 1 0], q2 [0 1 1 0 0], q3 [1 1 1 1 1]
+  assert [s["maj_at_k"][str(k)] for k in range(1, 6)] == [0.5, 0.75, 1.0, 0.75, 0.5]
+  assert sorted(s["ci95"]["pass_at_k"], key=int) == ["1", "2", "3", "4", "5"]
+  assert metrics.maj_at_k(rows[1][0], rows[1][1], 1) is False
+  assert metrics.maj_at_k(rows[1][0], rows[1][1], 3) is True
+  assert metrics.maj_at_k(rows[1][0], rows[1][1], 5) is False   # "3" and "5" tie, "3" first
+
+
+def test_grouped_votes_skip_samples_without_an_answer():
+  """With equivalence groups, samples whose group is None (no answer) do not vote."""
+  assert metrics.maj_at_k_curve(["x", "y", "z"], [False, False, True],
+                                groups=[None, None, 4]) == [False, False, True]
+
+
+def test_bootstrap_interval_is_a_95_percent_percentile_interval():
+  """Every problem can be drawn (one solved problem of four lifts the upper bound), and the
+  interval of a mean of 400 coin flips is about +-1.96 standard errors wide."""
+  lo, hi = metrics.bootstrap_ci(np.array([1.0, 0.0, 0.0, 0.0]))
+  assert lo == 0.0 and hi > 0.0
+  flips = np.random.default_rng(1).integers(0, 2, 400).astype(np.float64)
+  lo, hi = metrics.bootstrap_ci(flips)
+  se = flips.std() / np.sqrt(len(flips))
+  assert 1.85 < (hi - flips.mean()) / se < 2.07 and 1.85 < (flips.mean() - lo) / se < 2.07
+  s = metrics.summarize([_record(str(i), [i % 3 == 0, i % 2 == 0, False]) for i in range(7)])
+  assert s["ci95"]["level"] == 0.95 and "2000 resamples, seed 0" in s["ci95"]["method"]
+  bounds = [*s["ci95"]["pass_at_n"], *s["ci95"]["pass_ratio_at_n"],
+            *(v for pair in s["ci95"]["pass_at_k"].values() for v in pair)]
+  assert all(b == round(b, 4) for b in bounds) and any(b != round(b, 3) for b in bounds)
+
+
+def test_breakdown_keys_and_their_order():
+  """Breakdowns by int or str meta values only (not floats, lists or bools); ints before strings,
+  each in order."""
+  records = [_record("a", [True], meta={"level": 3, "w": 0.5, "tags": ["x"], "hard": True}),
+             _record("b", [False], meta={"level": "unknown"}),
+             _record("c", [False], meta={"level": 1})]
+  by = metrics.summarize(records)["by"]
+  assert list(by) == ["level"]
+  assert list(by["level"]) == ["1", "3", "unknown"]
+
+
+def test_errors_name_the_bad_input():
+  with pytest.raises(ValueError, match=r"need 0 <= c <= n and 1 <= k <= n, got n=3 c=1 k=4"):
+    metrics.pass_at_k(3, 1, 4)
+  with pytest.raises(ValueError, match=r"need 0 <= c <= n and n >= 1, got n=3 c=4"):
+    metrics.pass_at_k_curve(3, 4)
+  with pytest.raises(ValueError, match=r"got n=0 c=0"):
+    metrics.pass_at_k_curve(0, 0)
+  with pytest.raises(ValueError, match="2 answers but 3 grades"):
+    metrics.maj_at_k_curve(["1", "2"], [True, False, True])
+  with pytest.raises(ValueError, match=r"need 1 <= k <= 2, got k=3"):
+    metrics.maj_at_k(["1", "2"], [True, False], 3)
+  with pytest.raises(ValueError, match="record 'empty' has no samples"):
+    metrics.summarize([_record("empty", [])])
+  with pytest.raises(ValueError, match="no records to summarize"):
+    metrics.summarize([])

@@ -125,3 +125,19 @@ def test_bad_specs(tmp_path):
     problems.load_problems("gsm8k:dev")
   with pytest.raises(FileNotFoundError):
     problems.load_problems(f"jsonl:{tmp_path / 'missing.jsonl'}")
+
+
+def test_data_dir_from_the_environment_or_beside_a_checkout(monkeypatch, tmp_path):
+  """$MATHJAX_DATA_DIR wins; without it a checkout looks beside itself, and an installed copy
+  (no checkout) names the variable instead of guessing a folder."""
+  from mathjax_sft import paths
+  monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+  assert paths.data_dir() == tmp_path
+  monkeypatch.delenv(paths.DATA_DIR_ENV)
+  assert paths.data_dir() == paths.checkout_root().parent / "shared" / "data"
+  monkeypatch.setattr(paths, "checkout_root", lambda: None)
+  with pytest.raises(FileNotFoundError, match=r"set \$MATHJAX_DATA_DIR .*installed mathjax_sft"):
+    paths.data_dir()
+  monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError, match="missing does not exist"):
+    paths.data_dir()
