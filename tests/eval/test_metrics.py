@@ -187,7 +187,8 @@ def test_summary_fields_equal_per_problem_definitions():
     assert s["maj_at_k"][str(k)] == pytest.approx(want, abs=1e-12)
   # by hand: q0 [1 1 1 1 1], q1 [0 0 1 1 0], q2 [0 1 1 0 0], q3 [1 1 1 1 1]
   assert [s["maj_at_k"][str(k)] for k in range(1, 6)] == [0.5, 0.75, 1.0, 0.75, 0.5]
-  assert sorted(s["ci95"]["pass_at_k"], key=int) == ["1", "2", "3", "4", "5"]
+  for table in (s["pass_at_k"], s["maj_at_k"], s["ci95"]["pass_at_k"]):
+    assert sorted(table, key=int) == ["1", "2", "3", "4", "5"]
   assert metrics.maj_at_k(rows[1][0], rows[1][1], 1) is False
   assert metrics.maj_at_k(rows[1][0], rows[1][1], 3) is True
   assert metrics.maj_at_k(rows[1][0], rows[1][1], 5) is False   # "3" and "5" tie, "3" first
@@ -239,5 +240,5 @@ def test_errors_name_the_bad_input():
     metrics.maj_at_k(["1", "2"], [True, False], 3)
   with pytest.raises(ValueError, match="record 'empty' has no samples"):
     metrics.summarize([_record("empty", [])])
-  with pytest.raises(ValueError, match="no records to summarize"):
+  with pytest.raises(ValueError, match="^no records to summarize$"):
     metrics.summarize([])
