@@ -2,6 +2,7 @@
 one train step on a tiny shape with the rest of its settings (mesh, dtypes, remat, accumulation)."""
 
 import importlib.util
+import math
 import shutil
 from pathlib import Path
 
@@ -30,12 +31,35 @@ def test_the_required_configs_exist():
   assert {"sft_llama2_7b", "sft_llama2_70b", "sft_smollm2_135m"} <= set(CONFIGS)
 
 
+BROKEN = [  # (field, a value that breaks it given the config, what the error says)
+    ("grad_accum_steps", lambda c: c.batch_size + 1, "grad_accum_steps=.* must divide batch_size"),
+    ("batch_size", lambda c: 0, "batch_size must be positive"),
+    ("learning_rate", lambda c: -c.learning_rate, "learning_rate must be positive"),
+    ("seq_len", lambda c: 1, "seq_len must be >= 2"),
+    ("compute_dtype", lambda c: "float16", "compute_dtype must be in"),
+    ("mesh_shape", lambda c: tuple(c.mesh_shape)[:2], "mesh_shape must be"),
+    ("template", lambda c: "no-such-template", "unknown prompt template"),
+    ("warmup_ratio", lambda c: 1.0, "warmup_ratio must be in"),
+]
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name):
+  """Each config validates as written; one broken field, or a missing required one, does not."""
   c = _load(name)
   config_lib.validate(c)
   for field in config_lib.REQUIRED_FIELDS:
     assert field in c
+  for field, bad, message in BROKEN:
+    broken = _load(name)
+    setattr(broken, field, bad(broken))
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate(broken)
+  for field in ("seed", "learning_rate"):
+    broken = _load(name)
+    del broken[field]
+    with pytest.raises(ValueError, match=f"missing field '{field}'"):
+      config_lib.validate(broken)
 
 
 def test_paper_settings():
@@ -76,4 +100,7 @@ def test_config_runs_one_step_on_a_tiny_shape(name, tiny_checkpoint, tmp_path):
   c.mesh_shape = tuple(min(s, 2) if s > 0 else s for s in c.mesh_shape)  # tiny heads: tensor <= 2
   result = train(c)
   assert result.step == 1 and result.stop_reason == "max_steps"
+  # the step's loss is the checkpoint's (a random init: near ln(vocab)), whatever the dtypes
+  assert math.isfinite(result.last_metrics["loss"])
+  assert abs(result.last_metrics["loss"] - math.log(helpers.TINY_VOCAB)) < 0.5
   assert result.export_dir and params_ckpt.is_checkpoint_dir(result.export_dir)

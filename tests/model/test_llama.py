@@ -141,7 +141,9 @@ def test_bf16_compute_close_to_f32_and_scan_remat_equal():
   ref, _ = llama.forward(params, cfg, tokens)
   bf, _ = llama.forward(params, cfg.replace(compute_dtype="bfloat16"), tokens)
   assert bf.dtype == jnp.float32
-  assert np.abs(np.asarray(bf) - np.asarray(ref)).max() < 0.05
+  # bf16 matmuls really run (f32 gives a gap of 0) and stay close (the gap measured is 4.2e-3)
+  gap = np.abs(np.asarray(bf) - np.asarray(ref)).max()
+  assert 1e-3 < gap < 1e-2, gap
   loss = lambda p, c: llama.forward(p, c, tokens)[0].mean()
   g1 = jax.grad(loss)(params, cfg)
   for policy in ("full", "dots"):

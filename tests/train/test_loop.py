@@ -55,6 +55,60 @@ def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
 
 
+def test_fine_tuning_starts_from_the_init_checkpoint(byte_tokenizer, tmp_path, monkeypatch):
+  """The first step's loss is the init_checkpoint's own loss on that step's batch (a checkpoint
+  made from another key than the run's seed, predicting the answers' byte frequencies: far
+  below a random init's ln(vocab)); each step's MFU is its throughput x FLOPs per token over
+  the peak."""
+  import jax
+  from mathjax_sft.data.tokenize import load_tokenizer
+  from mathjax_sft.model.config import preset
+  from mathjax_sft.train import step as step_lib
+  rows = helpers.arithmetic_rows(24)
+  data = helpers.write_jsonl(tmp_path / "d.jsonl", rows)
+  tok = load_tokenizer(byte_tokenizer)
+  counts = np.full(helpers.TINY_VOCAB, 0.1)
+  for r in rows:
+    ids = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    np.add.at(counts, ids, 1)
+  cfg = preset("tiny", vocab_size=helpers.TINY_VOCAB)
+  params = jax.device_get(llama.init_params(cfg, jax.random.PRNGKey(7)))
+  params["embed"] = params["embed"] + 1.0     # the residual stream ~ ones, so logits ~ log p
+  params["lm_head"] = np.tile(np.log(counts / counts.sum()), (cfg.hidden_size, 1)) / cfg.hidden_size
+  params_ckpt.save_params(tmp_path / "ckpt", params, cfg)
+  batches = []
+  make_train_step = step_lib.make_train_step
+
+  def recording(*args, **kwargs):
+    fn = make_train_step(*args, **kwargs)
+
+    def step(state, batch):
+      batches.append(jax.device_get(batch))
+      return fn(state, batch)
+    return step
+
+  monkeypatch.setattr(step_lib, "make_train_step", recording)
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", model_preset="",
+                          init_checkpoint=str(tmp_path / "ckpt"), max_steps=2)
+  assert c.seed == 0
+  seen = {}
+  result = train(c, step_callback=lambda s, m: seen.__setitem__(s, m))
+  b = batches[0]
+  logits, _ = jax.jit(lambda p, b: llama.forward(p, cfg, b["inputs"], b["positions"],
+                                                 segment_ids=b["segment_ids"]))(params, b)
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  nll = -np.take_along_axis(np.asarray(logp), b["targets"][..., None], -1)[..., 0]
+  expected = (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()
+  assert expected < 0.6 * np.log(helpers.TINY_VOCAB)
+  assert seen[1]["loss"] == pytest.approx(expected, rel=1e-5)
+  # MFU: 1 device of the configured 1e11 FLOP/s
+  flops = cfg.flops_per_token(c.seq_len)
+  assert seen[2]["tokens_per_s"] == pytest.approx(8 * 256 / seen[2]["step_time_s"])
+  assert seen[2]["mfu"] == pytest.approx(flops * seen[2]["tokens_per_s"] / 1e11, rel=1e-9)
+  assert result.tokens_per_s > 0
+  assert result.mfu == pytest.approx(flops * result.tokens_per_s / 1e11, rel=1e-9)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(byte_tokenizer, tmp_path):
   data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(40))
   # warmup: step 1 uses lr 0 (a good checkpoint), step 2 an lr that overflows the params

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mathjax_sft.model import llama
@@ -57,14 +58,15 @@ def test_prompt_tokens_contribute_nothing():
   assert float(loss_fn(params, flipped)[0]) != float(loss_sum)
 
 
-def _run_step(mesh, batch, accum=1, stacked=True):
+def _run_step(mesh, batch, accum=1, stacked=True, tx=None):
+  """One train step from PRNGKey(1) params; the project's AdamW unless `tx` is given."""
   cfg = CFG.replace(scan_layers=stacked)
   # Adam's first update is g / (|g| + eps): with eps=1e-8 a gradient entry near 1e-8 turns
   # float-summation-order noise into an lr-sized difference; eps=1e-6 keeps the comparison about
   # the sharding, not about that amplification.
   ocfg = optimizer.OptimizerConfig(learning_rate=1e-3, max_steps=10, warmup_steps=0,
                                    weight_decay=0.1, eps=1e-6)
-  tx = optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  tx = tx or optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   params = llama.init_params(cfg, jax.random.PRNGKey(1), p_shard, stacked=stacked)
   s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
@@ -94,14 +96,27 @@ def test_sharded_step_matches_one_device():
 
 
 def test_grad_accumulation_equals_one_big_batch():
+  """The gradient of a step with 4 microbatches (of unequal loss-token counts) is the gradient of
+  the token-mean loss over the whole batch, in scale and direction (plain SGD with lr 1 moves
+  the params by exactly that gradient), and so is its grad_norm."""
   batch = _batch(b=8)
+  cfg = CFG.replace(scan_layers=False)
+  params = llama.init_params(cfg, jax.random.PRNGKey(1), stacked=False)
+  n = batch["loss_mask"].sum()
+  micro = [batch["loss_mask"][j::4].sum() for j in range(4)]
+  assert len(set(micro)) > 1, micro
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(
+      lambda p: step_lib.loss_sums(p, cfg, batch)[0] / n))(params)
+  ref_norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64)))
+                         for g in jax.tree.leaves(ref_grads)))
   mesh = make_mesh((2, 1, 1), jax.devices()[:2])   # microbatches stay split over the batch shards
-  big, m_big = _run_step(mesh, batch, accum=1, stacked=False)
-  acc, m_acc = _run_step(mesh, batch, accum=4, stacked=False)
-  np.testing.assert_allclose(m_acc["loss"], m_big["loss"], rtol=1e-5)
-  assert m_acc["loss_tokens"] == m_big["loss_tokens"] == batch["loss_mask"].sum()
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
-               big.params, acc.params)
+  after, m = _run_step(mesh, batch, accum=4, stacked=False, tx=optax.sgd(1.0))
+  np.testing.assert_allclose(m["loss"], float(ref_loss), rtol=1e-5)
+  assert m["loss_tokens"] == n
+  np.testing.assert_allclose(m["grad_norm"], ref_norm, rtol=1e-5)
+  moved = jax.tree.map(lambda p0, p1: np.asarray(p0) - np.asarray(p1), params, after.params)
+  jax.tree.map(lambda g, d: np.testing.assert_allclose(d, np.asarray(g), rtol=1e-3, atol=1e-7),
+               ref_grads, moved)
 
 
 def test_schedule_warmup_then_cosine():
