@@ -1,6 +1,9 @@
 """The SFT run: config -> mesh, data, model, train state -> steps with metrics, checkpoints,
 SIGTERM handling and a non-finite-loss stop -> final model checkpoint dir.
 
+The steps themselves are `hooks.run_loop`: a short loop, and everything around a step
+(metrics, checkpoints, eval, progress, preemption) a hook built in `_hooks`.
+
 `train(config)` is the one entry point (tools/train.py calls it). A run whose output_dir already
 holds a checkpoint resumes from the latest one: params, optimizer state, step and the data
 iterator's position, so the loss sequence continues exactly as an uninterrupted run.
@@ -8,18 +11,14 @@ iterator's position, so the loss sequence continues exactly as an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import math
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from mathjax_sft import distributed
 from mathjax_sft.checkpoint import params as params_ckpt
@@ -28,8 +27,10 @@ from mathjax_sft.data import pipeline, templates
 from mathjax_sft.data.dataset import SftData, load_sft_data
 from mathjax_sft.data.tokenize import load_tokenizer
 from mathjax_sft.model import llama
+from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sharding.mesh import make_mesh
 from mathjax_sft.train import config as config_lib
+from mathjax_sft.train import hooks as hooks_lib
 from mathjax_sft.train import metrics as metrics_lib, model_setup
 from mathjax_sft.train import optimizer as optimizer_lib
 from mathjax_sft.train import state as state_lib
@@ -39,10 +40,7 @@ log = logging.getLogger(__name__)
 FINAL_SUBDIR = "final"
 HF_SUBDIR = "final_hf"
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss, gradient norm or parameters became NaN/inf; the run stopped without saving."""
+NonFiniteLossError = hooks_lib.NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -60,25 +58,24 @@ class TrainResult:
   data_summary: dict[str, Any]
 
 
-class _StopFlag:
-  """SIGTERM (preemption) -> a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def install(self) -> None:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    log.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
-    self.requested = True
-
-  def uninstall(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+@dataclasses.dataclass
+class _Run:
+  """What a run builds before its first step; `loop` is what the step loop then carries."""
+  config: ml_collections.ConfigDict
+  out_dir: Path
+  tokenizer: Any
+  data: SftData
+  iterator: pipeline.BatchIterator
+  model_config: ModelConfig
+  ckpt: TrainCheckpointer
+  writer: metrics_lib.MetricsWriter
+  train_step: Callable[[Any, dict], tuple[Any, dict]]   # (state, host batch) -> (state, metrics)
+  eval_step: Callable[[Any, dict], tuple[Any, Any]] | None   # (params, batch) -> (loss sum, count)
+  eval_data: list[dict]            # host batches
+  put_batch: Callable[[dict], dict]   # host batch -> global device arrays
+  meta: dict[str, Any]             # saved with every checkpoint
+  throughput: hooks_lib.Throughput
+  loop: hooks_lib.RunState
 
 
 def _system_prompt(c) -> str | None:
@@ -93,23 +90,122 @@ def load_data(c, tokenizer) -> SftData:
       seed=c.seed, tfds_data_dir=c.tfds_data_dir, tfds_download=c.tfds_download)
 
 
-def _finite(m: dict[str, float]) -> bool:
-  return all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm"))
-
-
 def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None = None) -> TrainResult:
   """Runs (or resumes) SFT as configured. Raises NonFiniteLossError on a NaN/inf loss."""
   config_lib.validate(config)
   c = ml_collections.ConfigDict(config.to_dict())
   c.lock()
+  with contextlib.ExitStack() as resources:      # the checkpointer and the metrics writer
+    r = _build(c, resources)
+    with contextlib.ExitStack() as stepping:     # the SIGTERM handler and the progress bar
+      preemption = stepping.enter_context(hooks_lib.Preemption())
+      progress = None
+      if distributed.is_main_process() and c.progress_bar:
+        progress = stepping.enter_context(hooks_lib.ProgressBar(r.loop.max_steps, r.loop.step))
+      hooks, step_metrics, checkpoints = _hooks(r, progress, step_callback)
+      hooks_lib.run_loop(r.loop, r.train_step, r.iterator, hooks, preemption.should_stop)
+    result = _finish(r, step_metrics.last, checkpoints.saved_step)
+  log.info("stopped (%s) at step %d; %.1f tokens/s, MFU %.1f%%", result.stop_reason, result.step,
+           result.tokens_per_s, 100 * result.mfu)
+  return result
+
+
+def _hooks(r: _Run, progress: hooks_lib.ProgressBar | None, step_callback: StepCallback | None
+           ) -> tuple[hooks_lib.Hooks, hooks_lib.StepMetrics, hooks_lib.Checkpoints]:
+  """The run's hooks, in the order they run after a step: host metrics (one step late), the
+  checkpoint, the eval."""
+  c, max_steps = r.config, r.loop.max_steps
+  consumers = [hooks_lib.WindowLog(r.writer, hooks_lib.Schedule(c.log_every_steps, max_steps))]
+  consumers += [fn for fn in (progress, step_callback) if fn is not None]
+  step_metrics = hooks_lib.StepMetrics(
+      annotators=[r.throughput, hooks_lib.FiniteCheck(r.ckpt),
+                  hooks_lib.data_fields(r.throughput.tokens_per_step, r.iterator)],
+      consumers=consumers)
+  checkpoints = hooks_lib.Checkpoints(r.ckpt, r.writer, r.meta, step_metrics)
+  hooks = hooks_lib.Hooks()
+  hooks.add_hook(step_metrics)
+  hooks.add_hook(checkpoints, every=c.checkpoint_every_steps, last_step=max_steps)
+  if r.eval_step is not None:
+    hooks.add_hook(hooks_lib.Eval(r.eval_step, r.eval_data, r.put_batch, r.writer, step_metrics,
+                                  r.throughput), every=c.eval_every_steps)
+  hooks.add_end_hook(step_metrics.end)
+  hooks.add_end_hook(checkpoints.end)
+  return hooks, step_metrics, checkpoints
+
+
+def _finish(r: _Run, last_metrics: dict[str, float], checkpoint_step: int | None) -> TrainResult:
+  """The final export (unless preempted or no step was taken) and the run's result record."""
+  c, run = r.config, r.loop
+  export_dir = hf_dir = None
+  if c.export_final and run.stop_reason != "preempted" and run.step > run.start_step:
+    export_dir = str(export_params(r.out_dir / FINAL_SUBDIR, run.state.params, r.model_config,
+                                   r.tokenizer))
+    record_prompt_format(Path(export_dir), c)
+    if c.export_hf:
+      hf_dir = export_hf(export_dir, r.out_dir / HF_SUBDIR, c.export_hf_shard_gib, c.progress_bar)
+  tokens_per_s = r.throughput.tokens_per_s
+  result = TrainResult(
+      step=run.step, stop_reason=run.stop_reason, last_metrics=last_metrics,
+      tokens_per_s=tokens_per_s, mfu=r.throughput.mfu(tokens_per_s),
+      peak_flops_per_device=r.throughput.peak_per_device,
+      peak_memory_bytes=metrics_lib.peak_memory_bytes(), checkpoint_step=checkpoint_step,
+      export_dir=export_dir, hf_dir=hf_dir, data_summary=r.data.summary())
+  r.writer.record("result", {k: v for k, v in dataclasses.asdict(result).items()
+                             if k != "data_summary"}, run.step)
+  return result
+
+
+def _build(c, resources: contextlib.ExitStack) -> _Run:
+  """Mesh, data, model, optimizer and train state (restored from the latest checkpoint of
+  output_dir if there is one); the checkpointer and metrics writer are closed by `resources`."""
+  mesh = _mesh(c)
+  out_dir = Path(c.output_dir).absolute()
+  tokenizer, data, max_steps, iterator, eval_data = _data(c)
+  cfg = model_setup.model_config(c)
+  if len(tokenizer) > cfg.vocab_size:
+    raise ValueError(f"tokenizer {c.tokenizer or c.init_checkpoint} has {len(tokenizer)} tokens "
+                     f"but the model's vocab_size is {cfg.vocab_size}")
+  stacked = cfg.scan_layers
+  p_shard = state_lib.param_shardings(cfg, mesh, stacked)
+  p_abstract = llama.abstract_params(cfg, stacked)
+  ocfg = optimizer_lib.OptimizerConfig.from_config(c, max_steps)
+  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
+  ckpt = resources.enter_context(TrainCheckpointer(out_dir, c.keep_checkpoints,
+                                                   c.async_checkpointing))
+  writer = resources.enter_context(contextlib.closing(metrics_lib.MetricsWriter(out_dir)))
+  if distributed.is_main_process():   # any step is a model: its tokenizer and prompt format
+    record_prompt_format(params_ckpt.save_model_files(out_dir, tokenizer), c)
+  state = _initial_state(c, mesh, ckpt, iterator, max_steps, tx, p_abstract, s_shard)
+  writer.record("data", data.summary(), int(state.step))
+  b_shard = step_lib.batch_sharding(mesh, c.batch_size, c.seq_len)
+  step_fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard,
+                                     c.grad_accum_steps)
+  eval_step = step_lib.make_eval_step(cfg, p_shard, b_shard) if eval_data else None
+  peak, peak_source = metrics_lib.peak_flops_per_device(c.peak_flops_per_device, c.compute_dtype)
+  throughput = hooks_lib.Throughput(c.batch_size * c.seq_len, cfg.flops_per_token(c.seq_len),
+                                    peak, mesh.size)
+  log.info("MFU peak %.3g FLOP/s per device (%s); %.3g FLOPs per token", peak, peak_source,
+           throughput.flops_per_token)
+  put = lambda batch: distributed.put_global_batch(batch, b_shard)
+  meta = {"max_steps": max_steps, "model_config": cfg.to_hf(), "train_files": c.train_files,
+          "data_fingerprint": iterator.fingerprint}
+  loop = hooks_lib.RunState(state=state, step=int(state.step), max_steps=max_steps,
+                            start_step=int(state.step), data_state=iterator.get_state())
+  return _Run(config=c, out_dir=out_dir, tokenizer=tokenizer, data=data, iterator=iterator,
+              model_config=cfg, ckpt=ckpt, writer=writer,
+              train_step=lambda st, batch: step_fn(st, put(batch)), eval_step=eval_step,
+              eval_data=eval_data, put_batch=put, meta=meta, throughput=throughput, loop=loop)
+
+
+def _mesh(c):
+  """Checks the inputs named before anything loads, starts jax.distributed, builds the mesh."""
   if c.init_checkpoint:   # a missing or unconverted checkpoint is named now, not after loading
     params_ckpt.check_model_dir(c.init_checkpoint, "--config.init_checkpoint",
                                 tokenizer=not c.tokenizer)
   distributed.initialize(c.coordinator_address, c.num_processes, c.process_id, c.distributed)
   if c.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", c.compilation_cache_dir)
-  main = distributed.is_main_process()
-  out_dir = Path(c.output_dir).absolute()
   if c.num_devices and jax.process_count() > 1:
     raise ValueError("num_devices is for single-process runs; a multi-host mesh spans all devices")
   devices = jax.devices()[:c.num_devices] if c.num_devices else None
@@ -123,10 +219,12 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
                      f"grad_accum_steps={c.grad_accum_steps}) must be a multiple of the data x "
                      f"fsdp mesh size {shards} ({mesh.size} devices, mesh {dict(mesh.shape)}); "
                      "change batch_size or --config.mesh_shape")
+  return mesh
 
-  # ---- data ----
-  tok_path = c.tokenizer or c.init_checkpoint
-  tokenizer = load_tokenizer(tok_path)
+
+def _data(c):
+  """(tokenizer, data, max_steps, train iterator, eval batches)."""
+  tokenizer = load_tokenizer(c.tokenizer or c.init_checkpoint)
   data = load_data(c, tokenizer)
   log.info("data: %s", data.summary())
   pcfg = pipeline.PipelineConfig(batch_size=c.batch_size, seq_len=c.seq_len, seed=c.seed,
@@ -140,23 +238,13 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
                                      extra_fingerprint=[c.template, c.system_prompt])
   eval_data = (pipeline.eval_batches(data.eval, pcfg, c.eval_batches)
                if data.eval and c.eval_every_steps else [])
+  return tokenizer, data, max_steps, iterator, eval_data
 
-  # ---- model, optimizer, state ----
-  cfg = model_setup.model_config(c)
-  if len(tokenizer) > cfg.vocab_size:
-    raise ValueError(f"tokenizer {tok_path} has {len(tokenizer)} tokens but the model's vocab_size "
-                     f"is {cfg.vocab_size}")
-  stacked = cfg.scan_layers
-  p_shard = state_lib.param_shardings(cfg, mesh, stacked)
-  p_abstract = llama.abstract_params(cfg, stacked)
-  ocfg = optimizer_lib.OptimizerConfig.from_config(c, max_steps)
-  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
-  lr_schedule = optimizer_lib.schedule(ocfg)
-  s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
-  ckpt = TrainCheckpointer(out_dir, c.keep_checkpoints, c.async_checkpointing)
-  writer = metrics_lib.MetricsWriter(out_dir)
-  if main:   # any step of the run is a model: its tokenizer and prompt format beside the steps
-    record_prompt_format(params_ckpt.save_model_files(out_dir, tokenizer), c)
+
+def _initial_state(c, mesh, ckpt: TrainCheckpointer, iterator, max_steps: int, tx, p_abstract,
+                   s_shard):
+  """The latest checkpoint's state (and the iterator moved to its position), else a new state
+  from the configured init."""
   if ckpt.latest_step() is not None:
     state, data_state, meta = ckpt.restore(state_lib.abstract_state(p_abstract, tx, s_shard))
     iterator.set_state(data_state)
@@ -164,164 +252,9 @@ def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None 
       log.warning("resuming a run planned for %s steps with max_steps=%d: the learning-rate "
                   "schedule changes", meta.get("max_steps"), max_steps)
     log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
-  else:
-    params, _ = model_setup.load_model(c, mesh)
-    state = state_lib.create_state(params, tx, s_shard)
-    del params
-  writer.record("data", data.summary(), int(state.step))
-  b_shard = step_lib.batch_sharding(mesh, c.batch_size, c.seq_len)
-  train_step = step_lib.make_train_step(cfg, tx, lr_schedule, s_shard, b_shard, c.grad_accum_steps)
-  eval_step = step_lib.make_eval_step(cfg, p_shard, b_shard) if eval_data else None
-
-  peak, peak_source = metrics_lib.peak_flops_per_device(c.peak_flops_per_device, c.compute_dtype)
-  flops_per_token = cfg.flops_per_token(c.seq_len)
-  tokens_per_step = c.batch_size * c.seq_len
-  log.info("MFU peak %.3g FLOP/s per device (%s); %.3g FLOPs per token", peak, peak_source,
-           flops_per_token)
-  meta = {"max_steps": max_steps, "model_config": cfg.to_hf(), "train_files": c.train_files,
-          "data_fingerprint": iterator.fingerprint}
-
-  stop = _StopFlag()
-  stop.install()
-  progress = None
-  if main and c.progress_bar:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    progress = tqdm(total=max_steps, initial=int(state.step), desc="train", unit="step")
-
-  step = int(state.step)
-  start_step = step
-  pending: tuple[int, dict, float] | None = None
-  last: dict[str, float] = {}
-  timing = {"t_prev": None, "time": 0.0, "steps": 0}
-  window: list[dict[str, float]] = []
-  saved_step = ckpt.latest_step()
-  stop_reason = "max_steps"
-
-  def handle(item: tuple[int, dict, float]) -> None:
-    """Host-side work for a finished step: NaN check, throughput, logs, callback."""
-    nonlocal last
-    s, dev_metrics, _ = item
-    m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-    now = time.perf_counter()
-    if timing["t_prev"] is not None:
-      timing["time"] += now - timing["t_prev"]
-      timing["steps"] += 1
-      m["step_time_s"] = now - timing["t_prev"]
-      m["tokens_per_s"] = tokens_per_step / m["step_time_s"]
-      m["nonpad_tokens_per_s"] = m["nonpad_tokens"] / m["step_time_s"]
-      m["mfu"] = metrics_lib.mfu(flops_per_token, m["tokens_per_s"], peak, mesh.size)
-    timing["t_prev"] = now
-    if not _finite(m):
-      raise NonFiniteLossError(
-          f"non-finite value at step {s}: loss={m['loss']}, grad_norm={m['grad_norm']}, "
-          f"param_norm={m['param_norm']}; stopping without saving. The last good checkpoint is "
-          f"step {ckpt.latest_step()} under {ckpt.directory} (resume from it with a lower "
-          "learning_rate or check the data)")
-    m["padding_fraction"] = 1.0 - m["nonpad_tokens"] / tokens_per_step
-    m["epoch"] = iterator.examples_consumed() / iterator.epoch_size
-    last = m
-    window.append(m)
-    if s % c.log_every_steps == 0 or s == max_steps:
-      avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in m
-             if any(k in w for w in window)}
-      avg["loss"] = m["loss"]
-      writer.scalars(s, {**avg, "loss": m["loss"], "learning_rate": m["learning_rate"]})
-      window.clear()
-    if progress is not None:
-      progress.update(1)
-      progress.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}",
-                           tok_s=f"{m.get('tokens_per_s', 0.0):.0f}")
-    if step_callback is not None:
-      step_callback(s, m)
-
-  def save(s: int, data_state: dict, force: bool = False) -> None:
-    nonlocal saved_step
-    if saved_step == s:
-      return
-    ckpt.save(s, state, data_state, {**meta, "step": s, "last_metrics": last}, force=force)
-    writer.flush()             # TensorBoard events up to the checkpoint are on disk
-    saved_step = s
-
-  try:
-    data_state = iterator.get_state()
-    while step < max_steps:
-      if distributed.any_process(stop.requested):
-        if pending is not None:
-          handle(pending)
-          pending = None
-        save(step, data_state, force=True)
-        stop_reason = "preempted"
-        break
-      try:
-        batch = next(iterator)
-      except StopIteration:
-        stop_reason = "data_exhausted"
-        break
-      data_state = iterator.get_state()
-      state, dev_metrics = train_step(state, distributed.put_global_batch(batch, b_shard))
-      step += 1
-      if pending is not None:
-        handle(pending)
-      pending = (step, dev_metrics, time.perf_counter())
-      if step % c.checkpoint_every_steps == 0 or step == max_steps:
-        handle(pending)
-        pending = None
-        save(step, data_state)
-      if eval_step is not None and step % c.eval_every_steps == 0:
-        if pending is not None:
-          handle(pending)
-          pending = None
-        _run_eval(eval_step, state.params, eval_data, b_shard, writer, step)
-        timing["t_prev"] = None  # do not count eval time as step time
-    if pending is not None:
-      handle(pending)
-      pending = None
-    if stop_reason == "data_exhausted" and step > start_step:
-      save(step, data_state, force=True)
-    ckpt.wait()
-  except BaseException:
-    ckpt.close()
-    writer.close()
-    stop.uninstall()
-    if progress is not None:
-      progress.close()
-    raise
-  stop.uninstall()
-  if progress is not None:
-    progress.close()
-
-  export_dir = hf_dir = None
-  if c.export_final and stop_reason != "preempted" and step > start_step:
-    export_dir = str(export_params(out_dir / FINAL_SUBDIR, state.params, cfg, tokenizer))
-    record_prompt_format(Path(export_dir), c)
-    if c.export_hf:
-      hf_dir = export_hf(export_dir, out_dir / HF_SUBDIR, c.export_hf_shard_gib, c.progress_bar)
-  ckpt.close()
-  tokens_per_s = tokens_per_step * timing["steps"] / timing["time"] if timing["time"] else 0.0
-  result = TrainResult(
-      step=step, stop_reason=stop_reason, last_metrics=last, tokens_per_s=tokens_per_s,
-      mfu=metrics_lib.mfu(flops_per_token, tokens_per_s, peak, mesh.size),
-      peak_flops_per_device=peak, peak_memory_bytes=metrics_lib.peak_memory_bytes(),
-      checkpoint_step=saved_step, export_dir=export_dir, hf_dir=hf_dir,
-      data_summary=data.summary())
-  writer.record("result", {k: v for k, v in dataclasses.asdict(result).items()
-                           if k != "data_summary"}, step)
-  writer.close()
-  log.info("stopped (%s) at step %d; %.1f tokens/s, MFU %.1f%%", stop_reason, step, tokens_per_s,
-           100 * result.mfu)
-  return result
-
-
-def _run_eval(eval_step, params, eval_data, b_shard, writer, step: int) -> float:
-  loss_sum = count = 0.0
-  for batch in eval_data:
-    l, n = eval_step(params, distributed.put_global_batch(batch, b_shard))
-    loss_sum += float(l)
-    count += float(n)
-  loss = loss_sum / max(count, 1.0)
-  writer.scalars(step, {"loss": loss, "loss_tokens": count}, kind="eval")
-  log.info("step %d: eval loss %.4f over %d tokens", step, loss, int(count))
-  return loss
+    return state
+  params, _ = model_setup.load_model(c, mesh)
+  return state_lib.create_state(params, tx, s_shard)
 
 
 def export_params(out_dir: Path, params: llama.Params, cfg, tokenizer) -> Path:
