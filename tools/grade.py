@@ -2,6 +2,8 @@
 
   python tools/grade.py --samples=runs/gsm8k50-n64            # a tools/sample.py --output_dir
   python tools/grade.py --samples=runs/gsm8k50-n64/samples.jsonl
+  python tools/grade.py --samples=runs/gsm8k50-n64 \
+      --verify_fn=mathjax_sft.eval.grade_worker:math_verify_equal   # math-verify's verify instead
 
 Writes, next to the samples: `summary.regraded.json` (the summary as tools/sample.py writes it,
 from the new verdicts, with a `regraded` section of counts) and `regrade_diff.json` (every
@@ -22,8 +24,11 @@ from absl import app, flags  # noqa: E402
 
 _SAMPLES = flags.DEFINE_string("samples", None, "A tools/sample.py output directory (every "
                                "samples*.jsonl in it) or one samples JSONL file.", required=True)
-_WORKERS = flags.DEFINE_integer("grader_workers", 2, "math-verify worker processes.")
+_WORKERS = flags.DEFINE_integer("grader_workers", 2, "Grading worker processes.")
 _TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer (s).")
+_VERIFY = flags.DEFINE_string("verify_fn", None, "The grading workers' comparison, module:function "
+                              "(default: the grader's own; mathjax_sft.eval.grade_worker:"
+                              "math_verify_equal is math-verify's verify as it is).")
 
 
 def main(argv):
@@ -32,7 +37,7 @@ def main(argv):
   from mathjax_sft.eval.regrade import (REGRADE_DIFF, REGRADED_SUMMARY,  # pylint: disable=import-outside-toplevel
                                         regrade_dir)
   try:
-    result = regrade_dir(_SAMPLES.value, _WORKERS.value, _TIMEOUT.value)
+    result = regrade_dir(_SAMPLES.value, _WORKERS.value, _TIMEOUT.value, _VERIFY.value)
   except (FileNotFoundError, ValueError) as e:
     print(f"grade: {e}", file=sys.stderr)
     sys.exit(2)

@@ -120,7 +120,8 @@ def canonical_number(text: str) -> str | None:
     return None
   if value == 0:
     return "0"
-  value = value.normalize()
+  # normalize() rounds to the context's precision (28 digits by default): give it every digit
+  value = value.normalize(decimal.Context(prec=len(value.as_tuple().digits)))
   # format 'f' never uses an exponent: Decimal('1E+3') -> '1000'.
   return format(value, "f")
 

@@ -1,14 +1,21 @@
-"""Answer equivalence: normalised exact match, else math-verify in worker processes with time limits.
+"""Answer equivalence: normalised exact match, else a strict comparison in worker processes with
+time limits.
 
-math-verify limits its own run time with ``signal.alarm``, which only works in the main thread of a
-process and only in whole seconds, and cannot interrupt C code. The sampler's process has JAX and
-its threads loaded, so grading runs elsewhere: :class:`Grader` keeps ``num_workers`` fresh
-interpreters (``python -m mathjax_sft.eval.grade_worker``, started with ``subprocess`` =
-fork+exec, so nothing of the parent's state or threads is inherited; unlike multiprocessing
-'spawn', the parent's ``__main__`` script is not re-imported either). Each worker grades one pair
-at a time with math-verify's integer-second limits, and the parent enforces a hard wall-clock
-limit per answer: a worker that exceeds it is killed, the answer is graded False with reason
-``"timeout"``, and a replacement worker is started. A run never hangs on one answer.
+The workers parse both answers with math-verify and compare the sympy objects with
+:mod:`equivalence`: exactly where both sides are exact (never math-verify's rounding to 6
+decimals, which makes any two values below ~1e-6 equal), within a relative tolerance where a side
+is a decimal, equations as equations. A false credit per sample of p becomes about 1 - (1 - p)^N
+per problem at Pass@N, so the comparison leans to "different" when it cannot show "equal".
+
+Time limits use ``signal.alarm``/``setitimer``, which only work in the main thread of a process
+and cannot interrupt C code. The sampler's process has JAX and its threads loaded, so grading
+runs elsewhere: :class:`Grader` keeps ``num_workers`` fresh interpreters (``python -m
+mathjax_sft.eval.grade_worker``, started with ``subprocess`` = fork+exec, so nothing of the
+parent's state or threads is inherited; unlike multiprocessing 'spawn', the parent's ``__main__``
+script is not re-imported either). Each worker grades one pair at a time under its own limits,
+and the parent enforces a hard wall-clock limit per answer: a worker that exceeds it is killed,
+the answer is graded False with reason ``"timeout"``, and a replacement worker is started. A run
+never hangs on one answer.
 
 Fast paths that never reach a worker (reason in parentheses):
 
@@ -16,7 +23,7 @@ Fast paths that never reach a worker (reason in parentheses):
 * equal :func:`answers.normalize_answer` keys -> True (``"exact"``);
 * both keys plain decimal numbers, written canonically (no thousands separator left that could
   be a tuple's comma), but different -> False (``"numeric"``; exact decimal compare). Anything
-  less certain goes to math-verify: the fast path says "different" only when it is sure.
+  less certain goes to a worker: the fast path says "different" only when it is sure.
 
 Identical (gold, prediction) pairs are graded once per call, and results are cached across calls.
 """
@@ -52,7 +59,7 @@ class Grade:
 
 
 def fast_grade(gold: str, pred: str | None) -> Grade | None:
-  """The grade when it needs no math-verify, else None (see module docstring)."""
+  """The grade when it needs no worker, else None (see module docstring)."""
   if pred is None:
     return Grade(False, "no_answer")
   pred_key = answers.normalize_answer(pred)
@@ -117,23 +124,26 @@ class _Worker:
 
 
 class Grader:
-  """Batched answer grading through a pool of math-verify worker processes.
+  """Batched answer grading through a pool of worker processes (math-verify's parser, the strict
+  comparison of :mod:`equivalence`).
 
   Use as a context manager (or call :meth:`close`)::
 
     with Grader(num_workers=2, timeout_s=5) as grader:
       correct = grader.grade(golds, preds, "math")   # list[bool], same length as preds
 
-  Workers start lazily on the first pair that needs math-verify, so GSM8K runs whose answers all
+  Workers start lazily on the first pair that needs one, so GSM8K runs whose answers all
   take the fast path never start one.
 
   Args:
     num_workers: worker processes grading in parallel.
     timeout_s: hard wall-clock limit per answer, enforced by the parent (kill + replace). Inside
-      the worker every math-verify parse/verify call gets ``max(1, floor(timeout_s / 2))`` whole
-      seconds, so most slow inputs are stopped there without losing the worker.
-    verify_fn: ``"module:function"`` run in the worker instead of math-verify (for tests); called
-      as ``fn(gold, pred, dataset, timeout_seconds) -> bool | (bool, reason)``.
+      the worker every parse and comparison gets ``max(1, floor(timeout_s / 2))`` whole seconds,
+      so most slow inputs are stopped there without losing the worker.
+    verify_fn: ``"module:function"`` run in the worker instead of the default comparison
+      (:func:`grade_worker.strict_equal`); called as ``fn(gold, pred, dataset, timeout_seconds)
+      -> bool | (bool, reason)``. ``mathjax_sft.eval.grade_worker:math_verify_equal`` is
+      math-verify's own ``verify``.
     memory_limit_mb: address-space limit of each worker (0: none).
     startup_timeout_s: a worker that is not ready this long after starting is an error.
     cache_size: results kept across calls (0 disables the cache).

@@ -1,4 +1,9 @@
-"""Grading worker process: runs math-verify on (gold, prediction) pairs sent by :mod:`grade`.
+"""Grading worker process: compares (gold, prediction) pairs sent by :mod:`grade`.
+
+The default comparison, :func:`strict_equal`, parses both answers with math-verify and compares
+the sympy objects with :mod:`equivalence` (exact where both sides are exact; no decimal rounding).
+:func:`math_verify_equal` is math-verify's own ``verify``, kept for comparisons
+(``--verify_fn=mathjax_sft.eval.grade_worker:math_verify_equal``).
 
 Run as ``python -m mathjax_sft.eval.grade_worker --timeout_s=N [--verify_fn=module:function]
 [--memory_limit_mb=M]`` by :class:`mathjax_sft.eval.grade.Grader`; never imported by the parent
@@ -10,12 +15,13 @@ reserved for the protocol: anything else printing to stdout goes to stderr):
 * worker -> parent, once after imports: ``{"ready": true}``
 * parent -> worker: ``{"i": int, "gold": str, "pred": str, "dataset": "gsm8k"|"math"}``
 * worker -> parent: ``{"i": int, "correct": bool, "reason": str}``; reason is ``"verify"``,
-  ``"unparsed"`` (prediction parses to nothing), ``"timeout"`` (a math-verify time limit fired)
+  ``"unparsed"`` (prediction parses to nothing), ``"timeout"`` (a time limit fired)
   or ``"error"`` (the verify function raised).
 
-Stdin EOF ends the worker. Time limits here are math-verify's own ``signal.alarm`` limits in whole
-seconds (they work because this is the main thread of its own process); the parent adds a hard
-wall-clock limit and kills the worker if these do not fire (e.g. hung inside C code).
+Stdin EOF ends the worker. Time limits here are ``SIGALRM`` limits (math-verify's own in whole
+seconds for parsing, :func:`equivalence.time_limit` for the comparison; they work because this is
+the main thread of its own process); the parent adds a hard wall-clock limit and kills the worker
+if these do not fire (e.g. hung inside C code).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
@@ -51,22 +58,33 @@ def _wrap(answer: str) -> str:
   return "\\boxed{" + answer + "}"
 
 
+def _parse(answer: str, timeout_s: int) -> list:
+  from math_verify import parse  # pylint: disable=import-outside-toplevel
+  return parse(_wrap(answer), parsing_timeout=timeout_s)
+
+
+def _parse_gold(gold: str, timeout_s: int) -> list:
+  parsed = _GOLD_CACHE.get(gold)
+  if parsed is None:
+    parsed = _parse(gold, timeout_s)
+    if len(_GOLD_CACHE) > 10000:
+      _GOLD_CACHE.clear()
+    _GOLD_CACHE[gold] = parsed
+  return parsed
+
+
 def math_verify_equal(gold: str, pred: str, dataset: str, timeout_s: int) -> tuple[bool, str]:
-  """Default verify function: ``verify(parse(\\boxed{gold}), parse(\\boxed{pred}))``.
+  """math-verify as it is: ``verify(parse(\\boxed{gold}), parse(\\boxed{pred}))``.
 
   Both answers arrive already extracted and normalised; wrapping them in ``\\boxed{}`` makes
   math-verify treat the whole string as the answer. Each parse/verify call is limited to
-  ``timeout_s`` whole seconds by math-verify itself.
+  ``timeout_s`` whole seconds by math-verify itself. Rounds numbers to 6 decimals: a reference,
+  not the default.
   """
   del dataset  # both styles use the same LaTeX/expression extraction
-  from math_verify import parse, verify  # pylint: disable=import-outside-toplevel
-  gold_parsed = _GOLD_CACHE.get(gold)
-  if gold_parsed is None:
-    gold_parsed = parse(_wrap(gold), parsing_timeout=timeout_s)
-    if len(_GOLD_CACHE) > 10000:
-      _GOLD_CACHE.clear()
-    _GOLD_CACHE[gold] = gold_parsed
-  pred_parsed = parse(_wrap(pred), parsing_timeout=timeout_s)
+  from math_verify import verify  # pylint: disable=import-outside-toplevel
+  gold_parsed = _parse_gold(gold, timeout_s)
+  pred_parsed = _parse(pred, timeout_s)
   if not pred_parsed:
     return False, "unparsed"
   if not gold_parsed:  # unparsable gold: only an identical string can match
@@ -74,10 +92,58 @@ def math_verify_equal(gold: str, pred: str, dataset: str, timeout_s: int) -> tup
   return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s)), "verify"
 
 
+# "=" that is no part of <=, >=, != or a LaTeX command
+_EQUALS_RE = re.compile(r"(?<![<>!\\])=")
+
+
+def _trusted(parsed: list) -> list:
+  """Drops a sympy object that stands for part of the answer only: when the full LaTeX of an
+  equation fails to parse, math-verify parses the text after its last ``=`` instead, so
+  ``3x-y+13=0`` could come back as ``0``; then only the string is kept."""
+  strings = [p for p in parsed if isinstance(p, str)]
+  if not any(_EQUALS_RE.search(s) for s in strings):
+    return parsed
+  from sympy import Eq  # pylint: disable=import-outside-toplevel
+  kept = []
+  for p in parsed:
+    if isinstance(p, str) or getattr(p, "has", None) is not None and p.has(Eq):
+      kept.append(p)
+  return kept
+
+
+# a numeral with its base: 1202_3, 25_{6}, 152A_{11}
+_BASE_RE = re.compile(r"(?<![A-Za-z\\])[0-9A-Z]+_\{?(\d+)\}?")
+
+
+def _bases(answer: str) -> list[str]:
+  return sorted(_BASE_RE.findall(answer))
+
+
+def strict_equal(gold: str, pred: str, dataset: str, timeout_s: int) -> tuple[bool, str]:
+  """Default verify function: math-verify's parse, then :func:`equivalence.parsed_answers_equal`
+  (exact comparison of exact values, a relative tolerance for decimals, equations compared as
+  equations). Numerals written with a base on both sides (``1202_3``) need the same bases: the
+  parser drops them. Parsing is limited to ``timeout_s`` whole seconds by math-verify, the
+  comparison to ``timeout_s`` seconds by :func:`equivalence.time_limit`."""
+  del dataset
+  gold_bases, pred_bases = _bases(gold), _bases(pred)
+  if gold_bases and pred_bases and gold_bases != pred_bases:
+    return False, "verify"
+  from mathjax_sft.eval import equivalence  # pylint: disable=import-outside-toplevel
+  gold_parsed = _trusted(_parse_gold(gold, timeout_s))
+  pred_parsed = _trusted(_parse(pred, timeout_s))
+  if not pred_parsed:
+    return False, "unparsed"
+  if not gold_parsed:  # unparsable gold: only an identical string can match
+    return gold.strip() == pred.strip(), "verify"
+  with equivalence.time_limit(timeout_s):
+    return equivalence.parsed_answers_equal(gold_parsed, pred_parsed), "verify"
+
+
 def load_verify_fn(path: str | None) -> VerifyFn:
-  """``"package.module:function"`` -> the function; None -> :func:`math_verify_equal`."""
+  """``"package.module:function"`` -> the function; None -> :func:`strict_equal`."""
   if not path:
-    return math_verify_equal
+    return strict_equal
   module_name, _, attr = path.partition(":")
   if not attr:
     raise ValueError(f"verify_fn must look like 'package.module:function', got {path!r}")
@@ -119,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
   mv_logger.setLevel(logging.WARNING)
   mv_logger.propagate = False  # no "Timeout during comparison" spam on stderr
   fn = load_verify_fn(args.verify_fn)
-  if fn is math_verify_equal:  # warm up lazy imports/regex compilation before taking requests
+  if fn in (strict_equal, math_verify_equal):  # warm up lazy imports before taking requests
     grade_one(fn, "\\frac{1}{2}", "0.5", "math", args.timeout_s)
   protocol.write(json.dumps({"ready": True}) + "\n")
   for line in sys.stdin:

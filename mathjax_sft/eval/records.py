@@ -8,7 +8,7 @@
                 "group": int | None}, ...]}
 
 ``group`` numbers the equivalence classes of a problem's answers (None: no answer), for maj@k:
-distinct normalised answers are compared by the grader (math-verify), each against the
+distinct normalised answers are compared by the grader, each against the
 representatives found so far, so ``0.5`` and ``\\frac{1}{2}`` share a group.
 """
 

@@ -70,11 +70,13 @@ def regrade(records: Sequence[dict[str, Any]], grader: Grader) -> tuple[list[dic
   return out, {**counts, "changed_samples": changed}
 
 
-def regrade_dir(path: str | Path, num_workers: int = 2, timeout_s: float = 10.0) -> dict[str, Any]:
+def regrade_dir(path: str | Path, num_workers: int = 2, timeout_s: float = 10.0,
+                verify_fn: str | None = None) -> dict[str, Any]:
   """Regrades a run (or a samples file) and writes `summary.regraded.json` and
-  `regrade_diff.json` next to it (the original files are left as they are)."""
+  `regrade_diff.json` next to it (the original files are left as they are). ``verify_fn``: the
+  grading workers' comparison (None: the grader's default)."""
   records, out_dir = read_samples(path)
-  with Grader(num_workers=num_workers, timeout_s=timeout_s) as grader:
+  with Grader(num_workers=num_workers, timeout_s=timeout_s, verify_fn=verify_fn) as grader:
     new_records, diff = regrade(records, grader)
   summary = metrics.summarize(new_records)
   old_summary_path = out_dir / "summary.json"
@@ -85,6 +87,7 @@ def regrade_dir(path: str | Path, num_workers: int = 2, timeout_s: float = 10.0)
         summary[key] = old[key]
     diff["before"] = {k: old.get(k) for k in ("pass_at_n", "pass_ratio_at_n")}
   diff["after"] = {k: summary[k] for k in ("pass_at_n", "pass_ratio_at_n")}
+  diff["verify_fn"] = verify_fn or "default"
   summary["regraded"] = {k: v for k, v in diff.items() if k != "changed_samples"}
   (out_dir / REGRADED_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
   (out_dir / REGRADE_DIFF).write_text(json.dumps(diff, indent=2, ensure_ascii=False) + "\n")

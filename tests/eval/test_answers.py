@@ -64,6 +64,8 @@ def test_extract_unknown_dataset():
     ("90^\\circ", "90"), ("864 \\mbox{ inches}^2", "864"), ("15\\text{ cm}", "15"),
     ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
     ("\\text{(C)}", "(C)"), ("5x", "5x"), ("5 x", "5x"), ("\\pi r^2", "\\pi r^2"), ("0.0", "0"),
+    ("1267650600228229401496703205376", "1267650600228229401496703205376"),   # all 31 digits
+    ("1,267,650,600,228,229,401,496,703,205,376.50", "1267650600228229401496703205376.5"),
 ])
 def test_normalize_answer(raw, key):
   assert answers.normalize_answer(raw) == key

@@ -54,3 +54,21 @@ def test_regrade_names_a_missing_path(tmp_path):
   proc = subprocess.run([sys.executable, "tools/grade.py", f"--samples={tmp_path / 'nope'}"],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_regrade_with_another_comparison(tmp_path):
+  """--verify_fn picks the workers' comparison: math-verify's verify credits a tiny near-miss
+  that the default comparison does not."""
+  run = tmp_path / "run"
+  run.mkdir()
+  records = [_record("math-2", "math", "\\frac{1}{2^{99}}",
+                     ["So the answer is $\\boxed{\\frac{1}{2^{98}}}$."], [False])]
+  (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  proc = subprocess.run([sys.executable, "tools/grade.py", f"--samples={run}",
+                         "--verify_fn=mathjax_sft.eval.grade_worker:math_verify_equal"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  diff = json.loads((run / "regrade_diff.json").read_text())
+  assert diff["verify_fn"] == "mathjax_sft.eval.grade_worker:math_verify_equal"
+  assert [(c["new_answer"], c["new_correct"]) for c in diff["changed_samples"]] == [
+      ("\\frac{1}{2^{98}}", True)]

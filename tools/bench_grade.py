@@ -1,0 +1,50 @@
+"""Grading benchmark on the real test sets: false credit of near-misses, true credit of right answers.
+
+  python tools/bench_grade.py > grade_bench.json                   # the grader as it is
+  python tools/bench_grade.py \
+      --verify_fn=mathjax_sft.eval.grade_worker:math_verify_equal  # math-verify's verify instead
+
+Prints JSON (see mathjax_sft/eval/grade_bench.py for the sets): per set the cases, how many were
+credited, counts by kind and by grading reason, and every case graded against expectation (a
+credited near-miss, an uncredited right answer). Near-miss sets: `near_miss` (a MATH test gold
+with one number changed), `tiny` (exact values scaled by 10^-30, or offset by 10^-30); right
+answers: `reference_math`, `reference_gsm8k` (reference solutions against their golds),
+`reference_math500`, `rewrite` (golds written differently).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from absl import app, flags  # noqa: E402
+
+from mathjax_sft.eval import grade_bench  # noqa: E402
+
+_WORKERS = flags.DEFINE_integer("grader_workers", 2, "Grading worker processes.")
+_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer (s).")
+_VERIFY = flags.DEFINE_string("verify_fn", None, "The workers' comparison, module:function "
+                              "(default: the grader's own).")
+_SETS = flags.DEFINE_list("sets", list(grade_bench.SETS), "Which sets to grade.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Only the first K problems of each test set.")
+_LISTED = flags.DEFINE_integer("max_listed", 100, "Cases graded against expectation listed per "
+                               "set (all are counted).")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the JSON to this file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = grade_bench.run(_WORKERS.value, _TIMEOUT.value, _VERIFY.value, _SETS.value,
+                           _LIMIT.value, _LISTED.value)
+  text = json.dumps(result, indent=1, ensure_ascii=False)
+  if _OUTPUT.value:
+    Path(_OUTPUT.value).write_text(text + "\n", encoding="utf-8")
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
