@@ -22,6 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from mathjax_sft import hardware
 from mathjax_sft.model.config import REMAT_POLICIES, preset
 from mathjax_sft.train import benchmark, metrics
 
@@ -112,8 +113,8 @@ def main(argv):
   ref = TorchChild() if _TORCH.value else None
   jax_s, torch_s, peaks, peaks_f32, loads = [], [], [], [], []
   for _ in range(_ROUNDS.value):
-    peaks.append(metrics.measure_matmul_peak(_COMPUTE.value, n=2048, repeats=5))
-    peaks_f32.append(metrics.measure_matmul_peak("float32", n=2048, repeats=5))
+    peaks.append(hardware.measure_matmul_peak(_COMPUTE.value, n=2048, repeats=5))
+    peaks_f32.append(hardware.measure_matmul_peak("float32", n=2048, repeats=5))
     ours.step()                                   # untimed: back in steady state
     jax_s += [ours.step() for _ in range(_PHASE.value)]
     if ref is not None:
@@ -140,7 +141,7 @@ def main(argv):
       "jax_mfu": metrics.mfu(fpt, tps(min(jax_s)), max(peaks), n),
       "jax_mfu_vs_f32_peak": metrics.mfu(fpt, tps(min(jax_s)), max(peaks_f32), n),
       "jax_losses_finite": bool(np.isfinite(ours.losses).all()),
-      "jax_peak_rss_bytes": metrics.peak_memory_bytes(),
+      "jax_peak_rss_bytes": hardware.peak_memory_bytes(),
   }
   if ref is not None:
     result.update({

@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mathjax_sft.plotting import save_figure
 
 Summary = Mapping[str, Any]
 Labelled = Sequence[tuple[str, Summary]]
@@ -26,14 +27,6 @@ def _as_labelled(summaries: Summary | Labelled) -> list[tuple[str, Summary]]:
   if isinstance(summaries, Mapping):
     return [("", summaries)]
   return [(str(label), s) for label, s in summaries]
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  return path
 
 
 def _curve(mapping: Mapping[str, float]) -> tuple[list[int], list[float]]:

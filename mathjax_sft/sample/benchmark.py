@@ -25,7 +25,7 @@ from mathjax_sft.data import templates
 from mathjax_sft.eval import problems as problems_lib
 from mathjax_sft.sample.engine import Engine, EngineConfig, step_flops
 from mathjax_sft.sample.strategies import SamplingParams
-from mathjax_sft.train.metrics import measure_matmul_peak
+from mathjax_sft.hardware import measure_matmul_peak
 
 
 def _prompts(tokenizer, num_prompts: int) -> list[list[int]]:

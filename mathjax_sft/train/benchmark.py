@@ -7,10 +7,10 @@ import time
 import jax
 import numpy as np
 
+from mathjax_sft import hardware
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sharding.mesh import make_mesh
-from mathjax_sft.train import metrics as metrics_lib
 from mathjax_sft.train import optimizer as optimizer_lib
 from mathjax_sft.train import state as state_lib
 from mathjax_sft.train import step as step_lib
@@ -70,4 +70,4 @@ def time_train_steps(cfg: ModelConfig, batch_size: int, seq_len: int, steps: int
   step_s = float(np.median(times))
   return {"step_s": step_s, "tokens_per_s": timer.tokens_per_step / step_s,
           "first_step_s": timer.first_step_s, "losses": timer.losses,
-          "peak_memory_bytes": metrics_lib.peak_memory_bytes()}
+          "peak_memory_bytes": hardware.peak_memory_bytes()}

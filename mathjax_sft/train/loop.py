@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from mathjax_sft import distributed
+from mathjax_sft import distributed, hardware
 from mathjax_sft.checkpoint import params as params_ckpt
 from mathjax_sft.checkpoint.train_state import TrainCheckpointer
 from mathjax_sft.data import pipeline, templates
@@ -148,7 +148,7 @@ def _finish(r: _Run, last_metrics: dict[str, float], checkpoint_step: int | None
       step=run.step, stop_reason=run.stop_reason, last_metrics=last_metrics,
       tokens_per_s=tokens_per_s, mfu=r.throughput.mfu(tokens_per_s),
       peak_flops_per_device=r.throughput.peak_per_device,
-      peak_memory_bytes=metrics_lib.peak_memory_bytes(), checkpoint_step=checkpoint_step,
+      peak_memory_bytes=hardware.peak_memory_bytes(), checkpoint_step=checkpoint_step,
       export_dir=export_dir, hf_dir=hf_dir, data_summary=r.data.summary())
   r.writer.record("result", {k: v for k, v in dataclasses.asdict(result).items()
                              if k != "data_summary"}, run.step)
@@ -182,7 +182,7 @@ def _build(c, resources: contextlib.ExitStack) -> _Run:
   step_fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard,
                                      c.grad_accum_steps)
   eval_step = step_lib.make_eval_step(cfg, p_shard, b_shard) if eval_data else None
-  peak, peak_source = metrics_lib.peak_flops_per_device(c.peak_flops_per_device, c.compute_dtype)
+  peak, peak_source = hardware.peak_flops_per_device(c.peak_flops_per_device, c.compute_dtype)
   throughput = hooks_lib.Throughput(c.batch_size * c.seq_len, cfg.flops_per_token(c.seq_len),
                                     peak, mesh.size)
   log.info("MFU peak %.3g FLOP/s per device (%s); %.3g FLOPs per token", peak, peak_source,

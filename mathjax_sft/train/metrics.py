@@ -1,70 +1,18 @@
-"""Run metrics: throughput, model FLOPs utilisation, a measured matmul peak, and the writers
-(TensorBoard event files + metrics.jsonl, on process 0 only)."""
+"""Run metrics: model FLOPs utilisation and the writers (TensorBoard event files + metrics.jsonl,
+on process 0 only). Device peaks live in mathjax_sft.hardware."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-
-# Dense bf16 peaks per chip (FLOP/s) by jax device_kind; CPUs are measured instead.
-KNOWN_PEAKS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-}
-
-
-def measure_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 10,
-                        device: Any = None) -> float:
-  """Best FLOP/s of an n x n x n matmul on one device (bf16 inputs accumulate in f32)."""
-  device = device or jax.local_devices()[0]
-  dt = jnp.dtype(dtype)
-  key = jax.random.PRNGKey(0)
-  a = jax.device_put(jax.random.normal(key, (n, n), jnp.float32).astype(dt), device)
-  b = jax.device_put(jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32).astype(dt),
-                     device)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best
-
-
-def peak_flops_per_device(configured: float, compute_dtype: str) -> tuple[float, str]:
-  """(FLOP/s, where it came from): the configured value, a known accelerator, or measured."""
-  if configured > 0:
-    return float(configured), "config"
-  kind = jax.devices()[0].device_kind
-  if kind in KNOWN_PEAKS:
-    return KNOWN_PEAKS[kind], f"known peak of {kind}"
-  return measure_matmul_peak(compute_dtype), f"measured {compute_dtype} matmul on {kind}"
-
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_per_device: float,
         num_devices: int) -> float:
   return flops_per_token * tokens_per_s / (peak_per_device * num_devices)
-
-
-def peak_memory_bytes() -> int | None:
-  """Peak memory of the first device if the backend reports it, else this process's max RSS."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"])
-  try:
-    import resource  # pylint: disable=import-outside-toplevel
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-  except (ImportError, OSError):
-    return None
 
 
 def _jsonable(v: Any) -> Any:

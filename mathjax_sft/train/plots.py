@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from mathjax_sft.eval.plots import save_figure
+from mathjax_sft.plotting import save_figure
 from mathjax_sft.train import metrics as metrics_lib
 
 Records = Mapping[int, Mapping[str, Any]]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mathjax_sft.model.config import preset
-from mathjax_sft.train import benchmark, metrics
+from mathjax_sft import hardware
+from mathjax_sft.train import benchmark
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_train.py"
 
@@ -29,7 +30,7 @@ def test_bench_train_reports_throughput_flops_and_mfu(monkeypatch, capsys):
     measured.append(dtype)
     return {"bfloat16": 4e9, "float32": 2e9}[dtype]
 
-  monkeypatch.setattr(metrics, "measure_matmul_peak", peak)
+  monkeypatch.setattr(hardware, "measure_matmul_peak", peak)
   flags = tool.flags.FLAGS
   own = [v.name for v in vars(tool).values() if isinstance(v, tool.flags.FlagHolder)]
   try:

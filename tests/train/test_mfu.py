@@ -5,6 +5,7 @@ import types
 import jax
 import pytest
 
+from mathjax_sft import hardware
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig, preset
 from mathjax_sft.train import metrics
@@ -46,24 +47,24 @@ def test_peak_is_the_configured_value_else_a_known_chip_else_measured(monkeypatc
     measured.append(dtype)
     return 7.5e10
 
-  monkeypatch.setattr(metrics, "measure_matmul_peak", measure)
-  assert metrics.peak_flops_per_device(3e12, "bfloat16") == (3e12, "config")
+  monkeypatch.setattr(hardware, "measure_matmul_peak", measure)
+  assert hardware.peak_flops_per_device(3e12, "bfloat16") == (3e12, "config")
   kind = jax.devices()[0].device_kind
-  assert kind not in metrics.KNOWN_PEAKS
-  assert metrics.peak_flops_per_device(0.0, "bfloat16") == (
+  assert kind not in hardware.KNOWN_PEAKS
+  assert hardware.peak_flops_per_device(0.0, "bfloat16") == (
       7.5e10, f"measured bfloat16 matmul on {kind}")
   assert measured == ["bfloat16"]
-  monkeypatch.setattr(metrics.jax, "devices", lambda: [types.SimpleNamespace(device_kind="TPU v4")])
-  assert metrics.peak_flops_per_device(0.0, "bfloat16") == (275e12, "known peak of TPU v4")
-  assert metrics.peak_flops_per_device(5e12, "bfloat16") == (5e12, "config")
+  monkeypatch.setattr(hardware.jax, "devices", lambda: [types.SimpleNamespace(device_kind="TPU v4")])
+  assert hardware.peak_flops_per_device(0.0, "bfloat16") == (275e12, "known peak of TPU v4")
+  assert hardware.peak_flops_per_device(5e12, "bfloat16") == (5e12, "config")
   assert measured == ["bfloat16"]
 
 
 def test_matmul_peak_is_2n3_over_the_fastest_repeat(monkeypatch):
   # a fake clock: the three timed matmuls take 0.5 s, 0.25 s and 0.4 s
   ticks = iter([10.0, 10.5, 20.0, 20.25, 30.0, 30.4])
-  monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+  monkeypatch.setattr(hardware, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
   n = 16
-  assert metrics.measure_matmul_peak("float32", n=n, repeats=3) == pytest.approx(
+  assert hardware.measure_matmul_peak("float32", n=n, repeats=3) == pytest.approx(
       2 * n ** 3 / 0.25, rel=1e-9)
   assert next(ticks, None) is None
