@@ -37,8 +37,9 @@ def test_decode_benchmark_command_line(smollm2_checkpoint):
     assert 2 <= out[side]["tokens"] <= 2 * 4       # 2 samples of at most 4 tokens
     assert out[side]["tokens_per_s"] == pytest.approx(
         out[side]["tokens"] / out[side]["seconds"], rel=0.01)
-  assert out["speedup"] == pytest.approx(
-      out["ours"]["tokens_per_s"] / out["transformers"]["tokens_per_s"], abs=0.01)
+  # from tokens and seconds (3 decimals): a rate rounded to 3 decimals can be off by 0.5% or more
+  rate = {side: out[side]["tokens"] / out[side]["seconds"] for side in ("ours", "transformers")}
+  assert out["speedup"] == pytest.approx(rate["ours"] / rate["transformers"], rel=0.005, abs=0.01)
   assert out["ours_fraction_of_peak"] == pytest.approx(
       out["ours_gflops"] / out["matmul_peak_gflops"], abs=0.002)
   assert 0 < out["ours"]["utilisation"] <= 1
