@@ -11,13 +11,15 @@ All problems x N samples go through one pool of `rows` decode rows:
     while work is queued and no problem is ever decoded as padding. Every row reads its own
     problem's prompt from the pool (`llama.Prefix.row_slot`) and keeps only its generated keys
     in a ring-buffer cache of `max_new_tokens` slots.
-  * host, between chunks: the chunk's token events are appended to their samples; stop strings
-    are matched on decoded text (`stops.StopStrings`) and a sample that hit one ends there (its
-    row is released at the start of the next chunk); finished problems are handed to
-    `on_problem`; free slots are refilled; the next queue is built.
+  * host, between chunks (`scheduler.Scheduler`): the chunk's token events are appended to their
+    samples (`book.SampleBook`); stop strings are matched on decoded text (`stops.StopStrings`)
+    and a sample that hit one ends there (its row is released at the start of the next chunk,
+    `rows.RowMap`); finished problems are handed to `on_problem`; free slots are refilled
+    (`pool.SlotPool`); the next queue is built.
   * tail: once every sample has started, rows only go idle. Whenever the live rows fit in half
     the pool, they are moved there (a gather of their state and caches) and decoding goes on
     with the smaller program, down to `EngineConfig.min_tail_rows`.
+`Engine.generate` runs the loop: prefill into free slots, queue, (shrink,) decode a chunk, record.
 Sample j of problem `key` draws its t-th token with the uniform
 `fold_in(fold_in(fold_in(seed, key), j), t)`, and a row's arithmetic does not depend on the
 other rows or prompts, so samples do not depend on the pool size, chunk size or problem order.
@@ -46,6 +48,11 @@ from jax.sharding import Mesh, NamedSharding
 
 from mathjax_sft.model import llama
 from mathjax_sft.model.config import ModelConfig
+from mathjax_sft.sample.book import SampleBook, SampleEnd, Samples
+from mathjax_sft.sample.pool import Problem, SlotPool, WorkItem
+from mathjax_sft.sample.rows import RowMap, tail_size
+from mathjax_sft.sample.scheduler import OnProblem, Scheduler
+from mathjax_sft.sample.stats import EngineStats
 from mathjax_sft.sample.stops import Detokenize, StopStrings
 from mathjax_sft.sample.strategies import Sampler, SamplingParams, sample_many, sample_tokens
 from mathjax_sft.sharding import rules as sharding_rules
@@ -105,14 +112,6 @@ def default_slots(rows: int, num_samples: int) -> int:
 def problem_key(problem_id: str) -> int:
   """A stable 31-bit integer for a problem id (seeds its samples)."""
   return zlib.crc32(problem_id.encode("utf-8")) & 0x7FFFFFFF
-
-
-@dataclasses.dataclass
-class Samples:
-  """One problem's N samples: `tokens[j]` is sample j (EOS excluded; cut at a stop string)."""
-  tokens: list[list[int]]
-  finished: list[bool]          # ended by EOS / a stop string (False: hit max_new_tokens)
-  texts: list[str] | None = None   # decoded (with `detokenize`), cut at the stop string
 
 
 def batch_shards(mesh: Mesh | None) -> int:
@@ -235,10 +234,10 @@ class DecodeState:
   """What the decode rows carry from step to step (and from chunk to chunk): B rows."""
   cache: llama.KVCache          # the rows' own generated keys / values (prompts: `PromptPool`)
   slot: jax.Array               # int32 [B]: the prompt slot a row's sample belongs to
-  j: jax.Array                  # int32 [B]: the sample index within its problem
-  g: jax.Array                  # int32 [B]: the host's id of the row's sample (-1: none yet)
-  tok: jax.Array                # int32 [B]: the row's last token, the next step's input
-  n: jax.Array                  # int32 [B]: tokens the row's sample has so far
+  sample_index: jax.Array       # int32 [B]: the sample's index within its problem
+  sample_id: jax.Array          # int32 [B]: the host's id of the row's sample (`pool`)
+  token: jax.Array              # int32 [B]: the row's last token, the next step's input
+  length: jax.Array             # int32 [B]: tokens the row's sample has so far
   active: jax.Array             # bool [B]: the row is decoding a sample
   pending: jax.Array            # bool [B]: its sample just ended: take new work next step
 
@@ -248,63 +247,28 @@ class DecodeState:
 class WorkQueue:
   """Pending samples handed to a chunk, in order; rows that need work take them in turn."""
   slot: jax.Array               # int32 [W]
-  j: jax.Array                  # int32 [W]
-  g: jax.Array                  # int32 [W]: host sample ids
+  sample_index: jax.Array       # int32 [W]
+  sample_id: jax.Array          # int32 [W]
   count: jax.Array              # int32 []: valid items
+
+
+def queue_length(rows: int) -> int:
+  """Work items handed to one chunk of `rows` rows (W)."""
+  return 2 * rows
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Events:
   """Per step and row of a chunk [K, B]: the sample a row started (`start_*`: its first token)
-  and the token it decoded (`tok_*`). g -1: none. end 0: the sample goes on, 1: it ended with
-  this token, a stop token (not part of the sample), 2: this token is its last (budget)."""
-  start_g: jax.Array
-  start_tok: jax.Array
+  and the token it decoded (`token_*`). Sample id -1: no event. The end codes are
+  `book.SampleEnd`s."""
+  start_sample: jax.Array
+  start_token: jax.Array
   start_end: jax.Array
-  tok_g: jax.Array
-  tok: jax.Array
-  tok_end: jax.Array
-
-
-@dataclasses.dataclass
-class EngineStats:
-  """Where a run's time and row-steps went (`Engine.stats`)."""
-  prefill_s: float = 0.0
-  decode_s: float = 0.0
-  host_s: float = 0.0           # scheduling and stop-string matching between chunks
-  callback_s: float = 0.0       # in `on_problem` (the sampler run grades there)
-  chunks: int = 0
-  row_steps: int = 0            # rows x decode steps
-  decoded: int = 0              # tokens drawn for live samples (first tokens + decode steps)
-  useful_tokens: int = 0        # tokens kept in samples, plus each finished sample's stop token
-  idle_while_queued: int = 0    # row-steps without a token in chunks whose queue never ran dry
-  samples: int = 0              # samples ended
-  shrinks: int = 0              # times the tail's live rows moved into a smaller pool
-  decode_flops: float = 0.0     # model FLOPs of the decode steps run (all rows, see step_flops)
-
-  @property
-  def utilisation(self) -> float:
-    """Useful tokens drawn by decode steps (a sample's first token comes from its prompt's
-    prefill) per row-step."""
-    return (self.useful_tokens - self.samples) / self.row_steps if self.row_steps else 0.0
-
-  def as_dict(self) -> dict:
-    out = {k: round(v, 3) if isinstance(v, float) else v
-           for k, v in dataclasses.asdict(self).items()}
-    out["utilisation"] = round(self.utilisation, 4)
-    return out
-
-
-@dataclasses.dataclass
-class _Problem:
-  """Host bookkeeping of one problem of a `generate` call."""
-  index: int
-  prompt: list[int]
-  key: int
-  slot: int = -1
-  next_j: int = 0               # samples given to the queue's rows so far
-  ended: int = 0
+  token_sample: jax.Array
+  token: jax.Array
+  token_end: jax.Array
 
 
 class Engine:
@@ -367,12 +331,12 @@ class Engine:
                           valid=sds((rows, new), bool, ("cache_batch", None)),
                           index=rep((), jnp.int32))
     vec = lambda dt: sds((rows,), dt, ("batch",))
-    state = DecodeState(cache=cache, slot=vec(jnp.int32), j=vec(jnp.int32), g=vec(jnp.int32),
-                        tok=vec(jnp.int32), n=vec(jnp.int32), active=vec(bool),
-                        pending=vec(bool))
-    width_q = 2 * rows
-    queue = WorkQueue(slot=rep((width_q,), jnp.int32), j=rep((width_q,), jnp.int32),
-                      g=rep((width_q,), jnp.int32), count=rep((), jnp.int32))
+    state = DecodeState(cache=cache, slot=vec(jnp.int32), sample_index=vec(jnp.int32),
+                        sample_id=vec(jnp.int32), token=vec(jnp.int32), length=vec(jnp.int32),
+                        active=vec(bool), pending=vec(bool))
+    items = lambda: rep((queue_length(rows),), jnp.int32)
+    queue = WorkQueue(slot=items(), sample_index=items(), sample_id=items(),
+                      count=rep((), jnp.int32))
     return pool, state, queue, vec(bool)
 
   @staticmethod
@@ -424,6 +388,8 @@ class Engine:
     ended, they were killed by the host, or they are idle) first take queue items in turn;
     then every active row decodes one token. Returns (state, queue items taken, Events)."""
     cfg, max_new = self.cfg, self.ecfg.max_new_tokens
+    goes_on, stop_token, max_tokens = (int(SampleEnd.CONTINUES), int(SampleEnd.STOP_TOKEN),
+                                       int(SampleEnd.MAX_TOKENS))
     stop_ids = jnp.asarray(self.stop_ids or (-1,), jnp.int32)
     width = queue.slot.shape[0]
     is_stop = lambda tok: jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
@@ -436,31 +402,34 @@ class Engine:
       take = need & (qi < queue.count)
       qi = jnp.clip(qi, 0, width - 1)
       slot = jnp.where(take, queue.slot[qi], st.slot)
-      j = jnp.where(take, queue.j[qi], st.j)
-      g = jnp.where(take, queue.g[qi], st.g)
-      first = pool.first[slot, j]
-      start_end = jnp.where(is_stop(first), 1, 2 if max_new == 1 else 0)
-      active = jnp.where(take, start_end == 0, st.active & ~need)
-      tok = jnp.where(take, first, st.tok)
-      n = jnp.where(take, 1, st.n)
+      index = jnp.where(take, queue.sample_index[qi], st.sample_index)
+      sample_id = jnp.where(take, queue.sample_id[qi], st.sample_id)
+      first = pool.first[slot, index]
+      start_end = jnp.where(is_stop(first), stop_token, max_tokens if max_new == 1 else goes_on)
+      active = jnp.where(take, start_end == goes_on, st.active & ~need)
+      token = jnp.where(take, first, st.token)
+      length = jnp.where(take, 1, st.length)
       cache = dataclasses.replace(st.cache, valid=st.cache.valid & ~take[:, None])
       head = head + jnp.sum(take)
 
-      positions = (pool.length[slot] + n - 1)[:, None]
+      positions = (pool.length[slot] + length - 1)[:, None]
       prefix = dataclasses.replace(pool.prefix, row_slot=slot)
-      logits, cache = llama.forward(params, cfg, tok[:, None], positions,
+      logits, cache = llama.forward(params, cfg, token[:, None], positions,
                                     segment_ids=active[:, None].astype(jnp.int32), cache=cache,
                                     prefix=prefix, cache_read_buckets=self.ecfg.cache_read_buckets)
-      keys = _sample_keys(seed, pool.key[slot], j)
-      u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(keys, n)
+      keys = _sample_keys(seed, pool.key[slot], index)
+      u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(keys, length)
       nxt = sample_tokens(logits[:, 0], u, sampler)
-      tok_end = jnp.where(is_stop(nxt), 1, jnp.where(n + 1 >= max_new, 2, 0))
-      ended = active & (tok_end != 0)
-      events = Events(start_g=jnp.where(take, g, -1), start_tok=first, start_end=start_end,
-                      tok_g=jnp.where(active, g, -1), tok=nxt, tok_end=tok_end)
-      st = DecodeState(cache=cache, slot=slot, j=j, g=g, tok=jnp.where(active, nxt, tok),
-                       n=jnp.where(active, n + 1, n), active=active & ~ended,
-                       pending=(take & (start_end != 0)) | ended)
+      token_end = jnp.where(is_stop(nxt), stop_token,
+                            jnp.where(length + 1 >= max_new, max_tokens, goes_on))
+      ended = active & (token_end != goes_on)
+      events = Events(start_sample=jnp.where(take, sample_id, -1), start_token=first,
+                      start_end=start_end, token_sample=jnp.where(active, sample_id, -1),
+                      token=nxt, token_end=token_end)
+      st = DecodeState(cache=cache, slot=slot, sample_index=index, sample_id=sample_id,
+                       token=jnp.where(active, nxt, token),
+                       length=jnp.where(active, length + 1, length), active=active & ~ended,
+                       pending=(take & (start_end != goes_on)) | ended)
       return (st, head), events
 
     (state, head), events = jax.lax.scan(step, (state, jnp.zeros((), jnp.int32)), None,
@@ -480,23 +449,16 @@ class Engine:
         cache = llama.KVCache(k=jax.tree.map(take, cache.k), v=jax.tree.map(take, cache.v),
                               valid=take(cache.valid), index=cache.index)
         on = jnp.arange(order.shape[0]) < live
-        return DecodeState(cache=cache, slot=take(state.slot), j=take(state.j), g=take(state.g),
-                           tok=take(state.tok), n=take(state.n), active=take(state.active) & on,
+        return DecodeState(cache=cache, slot=take(state.slot),
+                           sample_index=take(state.sample_index),
+                           sample_id=take(state.sample_id), token=take(state.token),
+                           length=take(state.length), active=take(state.active) & on,
                            pending=take(state.pending) & on)
 
       shardings = None if self.mesh is None else jax.tree.map(lambda x: x.sharding, spec)
       # not donated: no output has an input's shape (both pools exist for a moment: 1.5x caches)
       self._shrinkers[key] = jax.jit(shrink, out_shardings=shardings)
     return self._shrinkers[key](state, self._put(order.astype(np.int32), (None,)), jnp.int32(live))
-
-  def _tail_rows(self, rows: int, live: int) -> int:
-    """The pool size for the tail's `live` rows: `rows` halved while they fit (and the size stays
-    a multiple of the batch shards, at least `min_tail_rows`)."""
-    shards = batch_shards(self.mesh)
-    floor = self.ecfg.min_tail_rows
-    while floor and live <= rows // 2 and rows // 2 >= floor and (rows // 2) % shards == 0:
-      rows //= 2
-    return rows
 
   # ---- host side ----------------------------------------------------------------------------
   def _put(self, x, axes):
@@ -506,13 +468,52 @@ class Engine:
 
   def generate(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str],
                num_samples: int, sampling: SamplingParams, seed: int = 0,
-               on_problem: Callable[[int, Samples], None] | None = None) -> list[Samples]:
+               on_problem: OnProblem | None = None) -> list[Samples]:
     """N samples of every prompt (token ids) through the row pool. `on_problem(i, samples)` is
     called as soon as problem i's last sample ends (problems end roughly in order)."""
-    if len(prompts) != len(problem_ids):
-      raise ValueError("prompts and problem_ids differ in length")
+    self._check_prompts(prompts, problem_ids)
     if not prompts:
       return []
+    n = num_samples
+    rows, slots, width = self.shapes([len(p) for p in prompts], n)
+    sampler, seed = sampling.traced(), jnp.int32(seed)
+    self._note_shape(self._decode_key(rows, slots, width, n, sampler))
+    pool, state = self.init_state(*self.specs(rows, slots, width, n)[:2])
+    problems = [Problem(i, list(p), problem_key(pid))
+                for i, (p, pid) in enumerate(zip(prompts, problem_ids))]
+    run = Scheduler(slots=SlotPool.create(problems, slots, n),
+                    book=SampleBook.create(len(problems), n, self.detokenize, self.stops),
+                    rows=RowMap.idle(rows), stats=self.stats, on_problem=on_problem)
+    while run.remaining:
+      tic = time.perf_counter()
+      while (problem := run.slots.admit()) is not None:      # prefill into free slots
+        pool = self._prefill_problem(pool, problem, width, seed, sampler, n)
+      jax.block_until_ready(pool)
+      toc = time.perf_counter()
+      self.stats.prefill_s += toc - tic
+      items = run.queue(queue_length(run.rows.size))
+      if not items and not run.rows.any_live():
+        raise RuntimeError("sampler scheduler stalled: no queued work and no live row")
+      if not items and run.slots.all_admitted:             # the tail: only live rows are left
+        state = self._shrink_tail(state, run.rows, slots, width, n, sampler)
+      queue = self._work_queue(items, queue_length(run.rows.size))
+      tic = time.perf_counter()
+      self.stats.host_s += tic - toc
+      state, taken, events = self._decode(self.params, pool, state, queue,
+                                          self._put(run.rows.kill, ("batch",)), seed, sampler,
+                                          steps=self.ecfg.chunk_steps)
+      taken = int(taken)
+      events = jax.tree.map(np.asarray, events)
+      toc = time.perf_counter()
+      self.stats.decode_s += toc - tic
+      self._count_chunk(events, run.rows.size, slots * width, queue_left=taken < len(items))
+      run.record_chunk(items[:taken], events)
+      self.stats.host_s += time.perf_counter() - toc
+    return run.results
+
+  def _check_prompts(self, prompts: Sequence[Sequence[int]], problem_ids: Sequence[str]) -> None:
+    if len(prompts) != len(problem_ids):
+      raise ValueError("prompts and problem_ids differ in length")
     limit = self.ecfg.max_prompt_len or self.cfg.max_position_embeddings - self.ecfg.max_new_tokens
     for i, p in enumerate(prompts):
       if not len(p):
@@ -520,156 +521,66 @@ class Engine:
       if len(p) > limit:
         raise ValueError(f"prompt {i} ({problem_ids[i]}) has {len(p)} tokens, over the limit "
                          f"{limit} (max_position_embeddings - max_new_tokens)")
-    N = num_samples
-    rows, slots, width = self.shapes([len(p) for p in prompts], N)
-    sampler = sampling.traced()
-    seed = jnp.int32(seed)
-    decode_key = lambda rows: ("decode", rows, slots, width, N, self.ecfg.max_new_tokens,
-                               self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules))
-    self._note_shape(decode_key(rows))
-    pool_spec, state_spec, queue_spec, _ = self.specs(rows, slots, width, N)
-    pool, state = self.init_state(pool_spec, state_spec)
-    queue_len = queue_spec.slot.shape[0]
-    problems = [_Problem(i, list(p), problem_key(pid)) for i, (p, pid) in
-                enumerate(zip(prompts, problem_ids))]
-    tokens: list[list[list[int]]] = [[[] for _ in range(N)] for _ in problems]
-    finished = [[False] * N for _ in problems]
-    texts: list[list[str | None]] = [[None] * N for _ in problems]
-    ended = np.zeros((len(problems), N), bool)
-    checked = np.zeros((len(problems), N), np.int64)     # text length already searched
-    results: list[Samples | None] = [None] * len(problems)
-    free_slots = list(range(slots))
-    resident: list[_Problem] = []
-    upcoming = list(problems)
-    row_g = np.full(rows, -1, np.int64)                  # host mirror: each row's sample
-    kill = np.zeros(rows, bool)
-    remaining = len(problems) * N
 
-    def end_sample(g: int, is_finished: bool, found: tuple | None = None) -> None:
-      """`found`: the (keep, text) of a stop-string search already made on these tokens."""
-      nonlocal remaining
-      p, j = divmod(g, N)
-      toks = tokens[p][j]
-      text = None
-      if self.detokenize is not None:
-        keep, text = found or (self.stops.find(toks, int(checked[p, j])) if self.stops
-                               else (None, self.detokenize(toks)))
-        if keep is not None:
-          del toks[keep:]
-          is_finished = True
-      texts[p][j] = text
-      finished[p][j] = is_finished
-      ended[p, j] = True
-      remaining -= 1
-      self.stats.useful_tokens += len(toks) + int(is_finished)
-      self.stats.samples += 1
-      prob = problems[p]
-      prob.ended += 1
-      if prob.ended == N:
-        resident.remove(prob)
-        free_slots.append(prob.slot)
-        results[p] = Samples(tokens=tokens[p], finished=finished[p],
-                             texts=None if self.detokenize is None else texts[p])
-        if on_problem is not None:
-          tic = time.perf_counter()
-          on_problem(p, results[p])
-          self.stats.callback_s += time.perf_counter() - tic
+  def _decode_key(self, rows: int, slots: int, width: int, num_samples: int, sampler) -> tuple:
+    """The decode program's compile key (`compiled_shapes`)."""
+    return ("decode", rows, slots, width, num_samples, self.ecfg.max_new_tokens,
+            self.ecfg.chunk_steps, tuple(type(r).__name__ for r in sampler.rules))
 
-    while remaining:
-      tic = time.perf_counter()
-      while free_slots and upcoming:                       # prefill into free slots
-        prob = upcoming.pop(0)
-        prob.slot = free_slots.pop(0)
-        t = min(prompt_bucket(len(prob.prompt)), width)
-        toks = np.zeros((1, t), np.int32)
-        toks[0, :len(prob.prompt)] = prob.prompt
-        self._note_shape(("prefill", t, N))
-        pool = self._prefill(self.params, pool, self._put(toks, (None, None)),
-                             jnp.int32(len(prob.prompt)), jnp.int32(prob.slot),
-                             jnp.int32(prob.key), seed, sampler, num_samples=N)
-        resident.append(prob)
-      jax.block_until_ready(pool)
-      toc = time.perf_counter()
-      self.stats.prefill_s += toc - tic
-      items = [(prob.slot, j, prob.index * N + j) for prob in resident
-               for j in range(prob.next_j, N)][:queue_len]
-      if not items and not (row_g >= 0).any():
-        raise RuntimeError("sampler scheduler stalled: no queued work and no live row")
-      if not items and not upcoming:                       # the tail: only live rows are left
-        live = np.flatnonzero(row_g >= 0)
-        smaller = self._tail_rows(rows, len(live))
-        if smaller < rows:
-          order = np.concatenate([live, np.flatnonzero(row_g < 0)])[:smaller]
-          rows = smaller
-          _, state_spec, queue_spec, _ = self.specs(rows, slots, width, N)
-          self._note_shape(decode_key(rows))
-          state = self._shrink(state, order, len(live), state_spec)
-          row_g, kill = row_g[order], np.zeros(rows, bool)
-          queue_len = queue_spec.slot.shape[0]
-          self.stats.shrinks += 1
-      q = np.zeros((3, queue_len), np.int32)
-      if items:
-        q[:, :len(items)] = np.array(items, np.int32).T
-      queue = WorkQueue(slot=self._put(q[0], (None,)), j=self._put(q[1], (None,)),
-                        g=self._put(q[2], (None,)), count=jnp.int32(len(items)))
-      tic = time.perf_counter()
-      self.stats.host_s += tic - toc
-      state, taken, ev = self._decode(self.params, pool, state, queue,
-                                      self._put(kill, ("batch",)), seed, sampler,
-                                      steps=self.ecfg.chunk_steps)
-      taken = int(taken)
-      ev = jax.tree.map(np.asarray, ev)
-      toc = time.perf_counter()
-      self.stats.decode_s += toc - tic
-      self.stats.chunks += 1
-      self.stats.row_steps += rows * self.ecfg.chunk_steps
-      self.stats.decode_flops += self.ecfg.chunk_steps * step_flops(
-          self.cfg, rows, slots * width + self.ecfg.max_new_tokens)   # every slot is computed
-      for slot_, j, g in items[:taken]:
-        problems[g // N].next_j += 1
-      kill[:] = False
-      grew = set()
-      live_steps = int((ev.tok_g >= 0).sum())
-      self.stats.decoded += live_steps + int((ev.start_g >= 0).sum())
-      if taken < len(items):
-        self.stats.idle_while_queued += (rows * self.ecfg.chunk_steps - live_steps - int(
-            ((ev.start_g >= 0) & (ev.start_end != 0)).sum()))
-      for s in range(self.ecfg.chunk_steps):   # a row's new sample, then its decoded token
-        for gs, toks, ends, starts in ((ev.start_g, ev.start_tok, ev.start_end, True),
-                                       (ev.tok_g, ev.tok, ev.tok_end, False)):
-          for r in np.flatnonzero(gs[s] >= 0):
-            g = int(gs[s, r])
-            if starts:
-              row_g[r] = g
-            elif ended[g // N, g % N]:                    # cut by a stop string: discarded
-              continue
-            end = int(ends[s, r])
-            if end != 1:
-              tokens[g // N][g % N].append(int(toks[s, r]))
-              grew.add(g)
-            if end:
-              row_g[r] = -1
-              end_sample(g, end == 1)
-      if self.stops:                                       # stop strings in the new text
-        for g in grew:
-          p, j = divmod(g, N)
-          if ended[p, j]:
-            continue
-          keep, text = self.stops.find(tokens[p][j], int(checked[p, j]))
-          if keep is None:
-            checked[p, j] = len(text)
-            continue
-          kill |= row_g == g
-          row_g[row_g == g] = -1
-          end_sample(g, True, (keep, text))
-      self.stats.host_s += time.perf_counter() - toc
-    return results
+  def _prefill_problem(self, pool: PromptPool, problem: Problem, width: int, seed, sampler,
+                       num_samples: int) -> PromptPool:
+    """`problem`'s prompt into its pool slot, right-padded to its bucket (at most `width`)."""
+    t = min(prompt_bucket(len(problem.prompt)), width)
+    tokens = np.zeros((1, t), np.int32)
+    tokens[0, :len(problem.prompt)] = problem.prompt
+    self._note_shape(("prefill", t, num_samples))
+    return self._prefill(self.params, pool, self._put(tokens, (None, None)),
+                         jnp.int32(len(problem.prompt)), jnp.int32(problem.slot),
+                         jnp.int32(problem.key), seed, sampler, num_samples=num_samples)
+
+  def _shrink_tail(self, state: DecodeState, rows: RowMap, slots: int, width: int,
+                   num_samples: int, sampler) -> DecodeState:
+    """The tail's live rows moved into a smaller pool if they fit one (`tail_size`);
+    `rows` is remapped to it."""
+    live = rows.live()
+    size = tail_size(rows.size, len(live), self.ecfg.min_tail_rows, batch_shards(self.mesh))
+    if size == rows.size:
+      return state
+    order = rows.tail_order(size)
+    state_spec = self.specs(size, slots, width, num_samples)[1]
+    self._note_shape(self._decode_key(size, slots, width, num_samples, sampler))
+    state = self._shrink(state, order, len(live), state_spec)
+    rows.reorder(order)
+    self.stats.shrinks += 1
+    return state
+
+  def _work_queue(self, items: Sequence[WorkItem], length: int) -> WorkQueue:
+    """The queue handed to a chunk: `items`, zero-padded to `length`."""
+    q = np.zeros((3, length), np.int32)
+    if items:
+      q[:, :len(items)] = np.array(items, np.int32).T
+    put = lambda x: self._put(x, (None,))
+    return WorkQueue(slot=put(q[0]), sample_index=put(q[1]), sample_id=put(q[2]),
+                     count=jnp.int32(len(items)))
+
+  def _count_chunk(self, events: Events, rows: int, prompt_keys: int, queue_left: bool) -> None:
+    """A chunk's row-steps, FLOPs and tokens drawn (`EngineStats`). `prompt_keys`: the pool's
+    slots x width (every slot is computed); `queue_left`: the chunk did not use up its queue."""
+    st, steps = self.stats, self.ecfg.chunk_steps
+    st.chunks += 1
+    st.row_steps += rows * steps
+    st.decode_flops += steps * step_flops(self.cfg, rows, prompt_keys + self.ecfg.max_new_tokens)
+    started = events.start_sample >= 0
+    drawn = int((events.token_sample >= 0).sum())
+    st.decoded += drawn + int(started.sum())
+    if queue_left:     # row-steps without a token drawn or a sample started and ended at once
+      st.idle_while_queued += rows * steps - drawn - int(
+          (started & (events.start_end != SampleEnd.CONTINUES)).sum())
 
   def _note_shape(self, key: tuple) -> None:
     if key not in self.compiled_shapes:
       self.compiled_shapes.add(key)
-      log.info("compiling %s (programs so far: %d)", key, len(self.compiled_shapes))
-
+      log.debug("compiling %s (programs so far: %d)", key, len(self.compiled_shapes))
 
 POOL_AXES = ("cache_heads", None, None, "head_dim")   # prompt slots are read by every row
 # the prefill of one prompt: its batch of 1 is not split over the data-parallel axes

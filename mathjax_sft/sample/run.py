@@ -91,8 +91,8 @@ class SampleRunConfig:
     fmt = templates.load_prompt_format(ckpt.files_dir(self.checkpoint))
     if fmt is None:
       if self.template is None:
-        log.info("%s records no prompt format: using template %r", self.checkpoint,
-                 templates.DEFAULT_TEMPLATE)
+        log.debug("%s records no prompt format: using template %r", self.checkpoint,
+                  templates.DEFAULT_TEMPLATE)
       return dataclasses.replace(self, template=self.template or templates.DEFAULT_TEMPLATE)
     source = ckpt.files_dir(self.checkpoint) / templates.PROMPT_FORMAT_FILE
     if self.template is None:
