@@ -1,0 +1,102 @@
+"""Command lines generated from config trees: one typed absl flag per field.
+
+A tool declares `FLAGS_ = cli.TreeFlags(SampleRunConfig)` and gets `--num_samples`,
+`--temperature`, ... with the field's doc, default and allowed values in `--help`; a nested
+section's fields are `--section.field`. With `prefix="config."` and a base tree read from a
+config file (the trainer), only the flags given on the command line override the file.
+Values are parsed by the field's own type: `none` sets an optional field to None, a tuple
+field takes comma-separated values, a str field with choices rejects anything else.
+Only the tools import this module (the library itself does not need absl).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from absl import flags
+
+from mathjax_sft import configtree
+
+
+class _LeafParser(flags.ArgumentParser):
+  def __init__(self, leaf: configtree.Leaf):
+    self.leaf = leaf
+
+  def parse(self, argument: Any) -> Any:
+    return self.leaf.parse(argument) if isinstance(argument, str) else argument
+
+  def flag_type(self) -> str:
+    return ("list of " if self.leaf.sequence else "") + self.leaf.kind.__name__
+
+
+class _LeafSerializer(flags.ArgumentSerializer):
+  def serialize(self, value: Any) -> str:
+    if value is None:
+      return "none"
+    if isinstance(value, (tuple, list)):
+      return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _help(leaf: configtree.Leaf) -> str:
+  text = leaf.doc or leaf.path
+  if leaf.choices is not None:
+    text += f" One of: {', '.join(map(str, leaf.choices))}."
+  if leaf.optional:
+    text += " `none` for unset."
+  if leaf.sequence:
+    text += " Comma-separated."
+  return text
+
+
+def _calling_module() -> str:
+  name = sys._getframe(2).f_globals.get("__name__", "__main__")  # pylint: disable=protected-access
+  return sys.argv[0] if name == "__main__" else name
+
+
+class TreeFlags:
+  """The flags of one config tree; `value()` builds the tree from the parsed command line."""
+
+  def __init__(self, cls: type, *, prefix: str = "", exclude: tuple[str, ...] = (),
+               overrides_only: bool = False, flag_values: flags.FlagValues = flags.FLAGS):
+    """exclude: fields the tool sets itself (not flags). overrides_only: no field is required
+    and `value(base)` applies only the flags present on the command line."""
+    self.cls = cls
+    self.prefix = prefix
+    self.leaves = [l for l in configtree.leaves(cls) if l.path not in exclude]
+    self._fv = flag_values
+    module = _calling_module()
+    for leaf in self.leaves:
+      name = prefix + leaf.path
+      default = None if leaf.required else leaf.default
+      required = leaf.required and not overrides_only
+      if leaf.kind is bool and not leaf.sequence and not leaf.optional:
+        flags.DEFINE_bool(name, default, _help(leaf), flag_values=flag_values,
+                          module_name=module, required=required)
+      else:
+        flags.DEFINE(_LeafParser(leaf), name, default, _help(leaf), flag_values=flag_values,
+                     serializer=_LeafSerializer(), module_name=module, required=required)
+
+  def flag(self, path: str) -> flags.Flag:
+    return self._fv[self.prefix + path]
+
+  def present(self) -> dict[str, Any]:
+    """The fields given on the command line, by dotted path."""
+    return {l.path: self.flag(l.path).value for l in self.leaves if self.flag(l.path).present}
+
+  def value(self, base: Any = None, **fixed: Any) -> Any:
+    """The tree: `base` with the present flags applied, or (no base) every flag's value;
+    `fixed` sets the excluded fields."""
+    if base is not None:
+      return configtree.replace_paths(base, {**self.present(), **fixed})
+    values = {l.path: self.flag(l.path).value for l in self.leaves}
+    values.update(fixed)
+    nested: dict[str, Any] = {}
+    for path, v in values.items():
+      *heads, last = path.split(".")
+      node = nested
+      for h in heads:
+        node = node.setdefault(h, {})
+      node[last] = v
+    return configtree.from_dict(self.cls, nested)
