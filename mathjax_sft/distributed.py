@@ -9,6 +9,7 @@ interleaved with other hosts' rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -16,9 +17,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
+from mathjax_sft.configtree import setting
+
 # Environment variables by which jax.distributed.initialize() can find its cluster by itself.
 _CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
                 "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """How a process joins a multi-host job (the same command runs on every host)."""
+  mode: str = setting("auto", "Start jax.distributed: auto = when coordinator_address is set or a "
+                      "TPU / SLURM / MPI cluster is detected; yes = always; no = never.",
+                      choices=("auto", "yes", "no"))
+  coordinator_address: str = setting("", "host:port of process 0's coordinator (empty: "
+                                     "auto-detected on a cluster, else one process).")
+  num_processes: int = setting(0, "Number of processes (0 = detect).")
+  process_id: int = setting(-1, "This process's index (-1 = detect).")
+
+  def initialize(self) -> bool:
+    return initialize(self.coordinator_address, self.num_processes, self.process_id, self.mode)
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
