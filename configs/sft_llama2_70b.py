@@ -14,14 +14,14 @@ from mathjax_sft.train.config import xwin_math_recipe
 
 
 def get_config():
-  c = xwin_math_recipe()
-  c.init_checkpoint = "runs/llama2-70b"         # tools/convert_hf_to_flax.py of meta-llama/Llama-2-70b-hf
-  c.model_preset = "llama2-70b"                 # its shape, for tools/aot_check.py before converting
-  c.output_dir = "runs/sft_llama2_70b"
-  c.learning_rate = 1e-5
-  c.grad_accum_steps = 2
-  c.topology = "v5p:4x4x8"                      # TPU v5p-256: 128 chips
-  c.mesh_shape = (1, -1, 8)                     # (data, fsdp, tensor)
-  c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
-  return c
+  return xwin_math_recipe().replace({
+      "model.init_checkpoint": "runs/llama2-70b",   # meta-llama/Llama-2-70b-hf, converted
+      "model.preset": "llama2-70b",                 # its shape, for tools/aot_check.py before converting
+      "output_dir": "runs/sft_llama2_70b",
+      "optimizer.learning_rate": 1e-5,
+      "grad_accum_steps": 2,
+      "mesh.topology": "v5p:4x4x8",                 # TPU v5p-256: 128 chips
+      "mesh.shape": (1, -1, 8),                     # (data, fsdp, tensor)
+      "checkpoint.every_steps": 200,
+      "checkpoint.keep": 2,
+  })

@@ -19,13 +19,13 @@ from mathjax_sft.train.config import xwin_math_recipe
 
 
 def get_config():
-  c = xwin_math_recipe()
-  c.init_checkpoint = "runs/llama2-7b"          # tools/convert_hf_to_flax.py of meta-llama/Llama-2-7b-hf
-  c.model_preset = "llama2-7b"                  # its shape, for tools/aot_check.py before converting
-  c.output_dir = "runs/sft_llama2_7b"
-  c.learning_rate = 2e-5
-  c.topology = "v5p:4x4x4"                      # TPU v5p-128: 64 chips
-  c.mesh_shape = (1, -1, 1)                     # (data, fsdp, tensor): FSDP over all chips
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
-  return c
+  return xwin_math_recipe().replace({
+      "model.init_checkpoint": "runs/llama2-7b",    # meta-llama/Llama-2-7b-hf, converted
+      "model.preset": "llama2-7b",                  # its shape, for tools/aot_check.py before converting
+      "output_dir": "runs/sft_llama2_7b",
+      "optimizer.learning_rate": 2e-5,
+      "mesh.topology": "v5p:4x4x4",                 # TPU v5p-128: 64 chips
+      "mesh.shape": (1, -1, 1),                     # (data, fsdp, tensor): FSDP over all chips
+      "checkpoint.every_steps": 500,
+      "checkpoint.keep": 3,
+  })

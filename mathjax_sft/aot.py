@@ -143,13 +143,13 @@ def train_step_program(cfg: ModelConfig, mesh, batch_size: int, seq_len: int,
   stacked = cfg.scan_layers
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   p_abstract = llama.abstract_params(cfg, stacked)
-  ocfg = optimizer_lib.OptimizerConfig(learning_rate=1e-5, max_steps=1000,
+  ocfg = optimizer_lib.OptimizerConfig(learning_rate=1e-5, warmup_steps=0,
                                        weight_decay=weight_decay)
-  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked), max_steps=1000)
   s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
   state = state_lib.abstract_state(p_abstract, tx, s_shard)
   b_shard = step_lib.batch_sharding(mesh, batch_size, seq_len)
-  fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard,
+  fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg, 1000), s_shard, b_shard,
                                 grad_accum_steps)
   return fn, (state, abstract_batch(batch_size, seq_len, b_shard))
 

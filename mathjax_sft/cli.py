@@ -12,9 +12,10 @@ Only the tools import this module (the library itself does not need absl).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from absl import flags
+from absl import app, flags
 
 from mathjax_sft import configtree
 
@@ -100,3 +101,17 @@ class TreeFlags:
         node = node.setdefault(h, {})
       node[last] = v
     return configtree.from_dict(self.cls, nested)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a command-line mistake as one line naming the flag (no usage
+  text, no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"{Path(argv[0]).name}: {' '.join(str(e).split())} (--help lists the flags)")
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """`absl.app.run(main)` with `parse_flags`."""
+  app.run(main, flags_parser=parse_flags)

@@ -14,16 +14,16 @@ same command resumes (sampling and training also resume within a stage):
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from mathjax_sft import paths
+from mathjax_sft import configtree, paths
 from mathjax_sft.eval import plots
 from mathjax_sft.sample import run as sample_run
+from mathjax_sft.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,8 @@ def _subset(k: int, out: Path) -> Path:
   return out
 
 
-def _train_config(path: str):
-  spec = importlib.util.spec_from_file_location("train_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def _train_config(path: str) -> TrainConfig:
+  return configtree.load_file(path, TrainConfig)
 
 
 def _sample(cfg: ReproduceConfig, checkpoint: str, out_dir: Path, train_cfg) -> dict[str, Any]:
@@ -70,8 +67,9 @@ def _sample(cfg: ReproduceConfig, checkpoint: str, out_dir: Path, train_cfg) -> 
     return json.loads(summary_path.read_text())
   return sample_run.run(sample_run.SampleRunConfig(
       checkpoint=checkpoint, dataset=cfg.eval_dataset, output_dir=str(out_dir),
-      template=train_cfg.template,                  # sample in the format the model is trained on
-      system_prompt=None if train_cfg.system_prompt == "<default>" else train_cfg.system_prompt,
+      template=train_cfg.data.template,             # sample in the format the model is trained on
+      system_prompt=(None if train_cfg.data.system_prompt == "<default>"
+                     else train_cfg.data.system_prompt),
       num_samples=cfg.num_samples, num_problems=cfg.num_problems, temperature=cfg.temperature,
       max_new_tokens=cfg.max_new_tokens, compute_dtype=cfg.sample_dtype,
       param_dtype=cfg.sample_dtype, rows=cfg.rows))
@@ -113,13 +111,11 @@ def run(cfg: ReproduceConfig) -> list[dict[str, Any]]:
     final = run_dir / "final"
     tic = time.perf_counter()
     if not (final / "config.json").exists():
-      c = _train_config(cfg.train_config)
-      c.init_checkpoint = cfg.base_checkpoint
-      c.train_files = str(_subset(size, out / "data" / f"gsm8k_train_{size}.jsonl"))
-      c.output_dir = str(run_dir)
-      c.num_epochs = cfg.num_epochs
-      c.max_steps = cfg.max_steps
-      c.export_final = True
+      c = train_cfg.replace({
+          "model.init_checkpoint": cfg.base_checkpoint,
+          "data.train_files": str(_subset(size, out / "data" / f"gsm8k_train_{size}.jsonl")),
+          "output_dir": str(run_dir), "num_epochs": cfg.num_epochs, "max_steps": cfg.max_steps,
+          "checkpoint.export_final": True})
       result = train_loop.train(c)
       if result.stop_reason == "preempted":
         raise RuntimeError(f"training of {run_dir} was preempted; re-run to resume")

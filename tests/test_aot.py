@@ -70,7 +70,7 @@ def test_aot_check_tool_on_a_tpu_topology(tmp_path):
   slice through libtpu's topology API (no TPU here), one JSON line each."""
   out = tmp_path / "aot.jsonl"
   cmd = [sys.executable, "tools/aot_check.py", "--config=configs/sft_smollm2_135m.py",
-         "--config.init_checkpoint=", "--config.model_preset=tiny", "--config.seq_len=128",
+         "--config.model.init_checkpoint=", "--config.model.preset=tiny", "--config.data.seq_len=128",
          "--config.batch_size=8", "--topology=v5e:2x2", "--sample_mesh_shape=4,1,1",
          "--num_samples=16", "--rows=8", "--max_new_tokens=32", "--prompt_len=32",
          f"--output={out}"]

@@ -12,8 +12,8 @@ devices). One JSON line per program on stdout (per-device argument / temporary /
 fits, XLA's and the model's FLOPs per device, compile seconds); a readable line per program on
 stderr. Exit status 1 when a program does not fit (or lacks `--headroom`).
 
-The model comes from the config's init_checkpoint (its config.json) when that is converted, else
-from its model_preset.
+The model comes from the config's model.init_checkpoint (its config.json) when that is converted,
+else from its model.preset.
 """
 
 from __future__ import annotations
@@ -27,16 +27,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from mathjax_sft import cli, configtree  # noqa: E402
 from mathjax_sft.sample.run import SampleRunConfig  # noqa: E402
+from mathjax_sft.train.config import TrainConfig  # noqa: E402
 
 _S = {f.name: f.default for f in dataclasses.fields(SampleRunConfig)
       if f.default is not dataclasses.MISSING}
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Train config file (configs/*.py); its "
-                                          "model, batch, mesh and topology are checked.")
-flags.mark_flag_as_required("config")
+_CONFIG_FILE = flags.DEFINE_string("config", None, "Train config file (configs/*.py); its model, "
+                                   "batch, mesh and topology are checked.", required=True)
+_OVERRIDES = cli.TreeFlags(TrainConfig, prefix="config.", overrides_only=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v4:4x4x4, v5e:4x4, v5p:4x4x4, "
                                 "v6e:8x8, ...) or cpu:N for N simulated CPU devices. Default: the "
                                 "config's `topology` field.")
@@ -67,8 +68,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also append the JSON lines to thi
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  c = _CONFIG.value
-  topology = _TOPOLOGY.value or c.get("topology", "")
+  c = _OVERRIDES.value(configtree.load_file(_CONFIG_FILE.value, TrainConfig))
+  topology = _TOPOLOGY.value or c.mesh.topology
   if not topology:
     raise app.UsageError("no --topology and the config names none (its `topology` field)")
   unknown = set(_PROGRAMS.value) - {"train", "sample"}
@@ -90,21 +91,20 @@ def main(argv):
   from mathjax_sft.train import model_setup  # pylint: disable=import-outside-toplevel
 
   from mathjax_sft.checkpoint import params as params_ckpt  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
 
-  if c.init_checkpoint and not params_ckpt.is_checkpoint_dir(c.init_checkpoint):
-    if not c.model_preset:
-      raise app.UsageError(f"init_checkpoint {c.init_checkpoint} is not converted yet and the "
-                           "config names no model_preset for its shape")
-    print(f"aot_check: {c.init_checkpoint} is not converted here: using the shape of "
-          f"model_preset={c.model_preset}", file=sys.stderr)
-    c = ml_collections.ConfigDict(c.to_dict())
-    c.init_checkpoint = ""
+  m = c.model
+  if m.init_checkpoint and not params_ckpt.is_checkpoint_dir(m.init_checkpoint):
+    if not m.preset:
+      raise app.UsageError(f"model.init_checkpoint {m.init_checkpoint} is not converted yet and "
+                           "the config names no model.preset for its shape")
+    print(f"aot_check: {m.init_checkpoint} is not converted here: using the shape of "
+          f"model.preset={m.preset}", file=sys.stderr)
+    c = c.replace({"model.init_checkpoint": ""})
   tgt = aot.target(topology)
-  cfg = model_setup.model_config(c)
+  cfg = model_setup.model_config(c.model)
   reports = []
   if "train" in _PROGRAMS.value:
-    reports.append(aot.check_train(cfg, tgt, tuple(c.mesh_shape), c.batch_size, c.seq_len,
+    reports.append(aot.check_train(cfg, tgt, tuple(c.mesh.shape), c.batch_size, c.data.seq_len,
                                    c.grad_accum_steps))
     _emit(reports[-1], aot)
   if "sample" in _PROGRAMS.value:
@@ -125,7 +125,7 @@ def main(argv):
 
 
 def _emit(report, aot) -> None:
-  line = json.dumps({"config": config_flags.get_config_filename(flags.FLAGS["config"]),
+  line = json.dumps({"config": _CONFIG_FILE.value,
                      **report.to_json()})
   print(line, flush=True)
   print(aot.human(report), file=sys.stderr, flush=True)
@@ -135,4 +135,4 @@ def _emit(report, aot) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -174,7 +174,7 @@ def _records(records: Iterable[tuple[str, Any]], source: str, prompt_fields, res
       rows.append(row_from_record(obj, origin, prompt_fields, response_fields))
     except DataError as e:
       if on_bad_row == "error":
-        raise DataError(f"{origin}: {e} (pass --config.on_bad_row=skip to skip and count such rows)") from None
+        raise DataError(f"{origin}: {e} (pass --config.data.on_bad_row=skip to skip and count such rows)") from None
       stats.skip(e.reason, origin)
   stats.rows = len(rows)
   return rows, stats
@@ -254,7 +254,7 @@ def read_tfds(name: str, split: str = "train", data_dir: str | None = None,
           f"tfds dataset {name} is not prepared under {builder.data_dir}; prepare it once with "
           f"tfds.builder({name!r}, file_format='array_record').download_and_prepare() on a "
           "machine with network access, or set tfds_download=True")
-    check_network(f"--config.tfds_download=true (tfds:{name})")
+    check_network(f"--config.data.tfds_download=true (tfds:{name})")
     builder.download_and_prepare()
   source = builder.as_data_source(split=split)
   label = f"tfds:{name}:{split}"

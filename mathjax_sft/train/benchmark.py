@@ -36,13 +36,12 @@ class StepTimer:
     stacked = cfg.scan_layers
     p_shard = state_lib.param_shardings(cfg, mesh, stacked)
     params = llama.init_params(cfg, jax.random.PRNGKey(seed), p_shard, stacked=stacked)
-    ocfg = optimizer_lib.OptimizerConfig(learning_rate=learning_rate, max_steps=1000,
-                                         warmup_steps=0)
-    tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, cfg.scan_layers))
+    ocfg = optimizer_lib.OptimizerConfig(learning_rate=learning_rate, warmup_steps=0)
+    tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, cfg.scan_layers), 1000)
     s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
     self.state = state_lib.create_state(params, tx, s_shard)
     b_shard = step_lib.batch_sharding(mesh, batch_size, seq_len)
-    self.fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard)
+    self.fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg, 1000), s_shard, b_shard)
     self.batch = {k: jax.device_put(v, b_shard)
                   for k, v in synthetic_batch(cfg.vocab_size, batch_size, seq_len, seed).items()}
     self.tokens_per_step = batch_size * seq_len

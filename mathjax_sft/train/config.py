@@ -1,144 +1,160 @@
-"""The SFT run config: every field with its default, and one validation pass at start.
+"""The SFT run's config tree: `TrainConfig{model, data, optimizer, mesh, checkpoint, distributed}`.
 
-Config files under `configs/` call `default_config()` and override fields; `tools/train.py`
-loads one with `config_flags` (so any field can be set from the command line) and hands it to
-`mathjax_sft.train.loop.train`, which calls `validate` once and locks the config.
+Each field has one default and one doc, here. Config files under `configs/` return a tree
+(`xwin_math_recipe()` or `TrainConfig()` with some paths replaced); `tools/train.py` loads one
+and applies `--config.PATH=VALUE` overrides (flags generated from this tree, see
+`mathjax_sft.cli`), then `mathjax_sft.train.loop.train` checks it once (`validate`).
 """
 
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
 
+from mathjax_sft import configtree
+from mathjax_sft.configtree import section, setting
 from mathjax_sft.data import sources, templates, tokenize
-from mathjax_sft.model.config import DTYPES, PRESETS
-
-REQUIRED_FIELDS = ("init_checkpoint", "train_files", "output_dir", "max_steps", "batch_size",
-                   "seq_len", "learning_rate", "checkpoint_every_steps", "seed")
-
-
-def field_docs() -> dict[str, str]:
-  """Every config field -> its default and its comment in `default_config` (for --help)."""
-  import inspect  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
-  docs: dict[str, str] = {}
-  last = None
-  for line in inspect.getsource(default_config).splitlines():
-    m = re.match(r"\s*c\.(\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
-    if m:
-      last = m.group(1)
-      docs[last] = f"(default {m.group(2).strip()}) {m.group(3) or ''}".strip()
-      continue
-    m = re.match(r"\s*#\s*(.*)$", line)
-    if m and last is not None and not m.group(1).startswith("----"):
-      docs[last] += " " + m.group(1)
-    elif m:
-      last = None
-  return docs
+from mathjax_sft.distributed import DistributedConfig
+from mathjax_sft.model.config import DTYPES, PRESETS, REMAT_POLICIES
+from mathjax_sft.train.optimizer import OptimizerConfig
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  # ---- model ----
-  c.init_checkpoint = ""        # converted checkpoint dir (config.json + params/ + tokenizer)
-  c.model_preset = ""           # random init from a preset when init_checkpoint is "" (tests)
-  c.vocab_size = 0              # with model_preset: override the preset's vocab (0 = keep)
-  c.tokenizer = ""              # tokenizer dir or .gguf; "" = init_checkpoint
-  c.param_dtype = "float32"     # master weights (and optimizer state)
-  c.compute_dtype = "float32"   # "bfloat16": bf16 matmuls with f32 accumulation
-  c.scan_layers = True          # lax.scan over layers (compile time) vs unrolled loop
-  c.remat = False               # rematerialise each layer in the backward pass. On XLA:CPU this
-                                # saves memory only with scan_layers (its scheduler runs an
-                                # unrolled model's recomputation early); TPU/GPU either way.
-  c.remat_policy = "full"       # with remat: "full" (save nothing) | "dots" (save matmul outputs)
-  # ---- data ----
-  c.train_files = ""            # comma-separated: path[@weight], data:REL[@w], tfds:NAME[:SPLIT]
-  c.prompt_fields = ",".join(sources.DEFAULT_PROMPT_FIELDS)
-  c.response_fields = ",".join(sources.DEFAULT_RESPONSE_FIELDS)
-  c.template = "alpaca"         # one of data.templates.TEMPLATES
-  c.system_prompt = "<default>"  # chat template only: "<default>" keeps the template's own
-  c.seq_len = 2048
-  c.packing = True              # pack several rows per sequence (else one padded row each)
-  c.packing_bins = 0            # first-fit bins per packing round (0 = batch_size)
-  c.long_rows = "truncate"      # rows longer than seq_len: "truncate" | "drop" (both counted)
-  c.on_bad_row = "error"        # malformed / missing field / empty: "error" (file:line) | "skip"
-  c.tfds_data_dir = ""
-  c.tfds_download = False
-  c.eval_files = ""             # held-out rows (same syntax as train_files), or:
-  c.eval_fraction = 0.0         # fraction of the train rows held out (seeded) for eval loss
-  c.eval_every_steps = 0        # 0 = no periodic eval
-  c.eval_batches = 0            # 0 = the whole eval split
-  # ---- optimisation ----
-  c.max_steps = 1000            # <= 0: num_epochs over the data (counted after packing)
-  c.num_epochs = 0              # with max_steps <= 0
-  c.batch_size = 64             # global sequences per optimizer step
-  c.grad_accum_steps = 1        # microbatches per step (batch_size must divide)
-  c.learning_rate = 2e-5
-  c.warmup_steps = -1           # -1: warmup_ratio * max_steps
-  c.warmup_ratio = 0.03
-  c.min_lr_ratio = 0.0          # cosine decays to learning_rate * min_lr_ratio
-  c.weight_decay = 0.0
-  c.adam_b1 = 0.9
-  c.adam_b2 = 0.999
-  c.adam_eps = 1e-8
-  c.max_grad_norm = 1.0         # 0 = no clipping
-  c.seed = 0
-  # ---- mesh ----
-  c.mesh_shape = (1, -1, 1)     # (data, fsdp, tensor); -1 = the rest of the devices
-  c.topology = ""               # the TPU slice this config is sized for (e.g. "v5p:4x4x4"):
-                                # tools/aot_check.py compiles it there and checks it fits
-  c.num_devices = 0             # use the first N devices (single process only); 0 = all
-  c.coordinator_address = ""    # multi-host: "host:port" (else auto-detected by jax, if any)
-  c.num_processes = 0
-  c.process_id = -1
-  c.distributed = "auto"        # "auto": initialise when a cluster is detected | "yes" | "no"
-  # ---- checkpoints, logs ----
-  c.output_dir = ""
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
-  c.async_checkpointing = True
-  c.export_final = True         # write output_dir/final as a model checkpoint dir (for export)
-  c.export_hf = False           # with export_final: also output_dir/final_hf, an HF directory
-                                # (safetensors) that transformers / vLLM load (one process only;
-                                # a multi-host run logs the tools/convert_flax_to_hf.py command)
-  c.export_hf_shard_gib = 5.0   # safetensors shard size of that export
-  c.log_every_steps = 10
-  c.peak_flops_per_device = 0.0  # MFU denominator; 0 = measure a matmul peak at start
-  c.progress_bar = True
-  c.compilation_cache_dir = ""
-  return c
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """Which model a run starts from and how its layers run."""
+  init_checkpoint: str = setting("", "Converted checkpoint dir (config.json + params/ + "
+                                 "tokenizer) to fine-tune.")
+  preset: str = setting("", "Random init from this preset when init_checkpoint is empty (tests, "
+                        "ahead-of-time checks). One of: " + ", ".join(PRESETS) + ".")
+  vocab_size: int = setting(0, "With preset: override the preset's vocabulary size (0 = keep).")
+  tokenizer: str = setting("", "Tokenizer dir or .gguf; empty = init_checkpoint's.")
+  param_dtype: str = setting("float32", "Master weights (and optimizer state).", choices=DTYPES)
+  compute_dtype: str = setting("float32", "bfloat16: bf16 matmuls with f32 accumulation.",
+                               choices=DTYPES)
+  scan_layers: bool = setting(True, "lax.scan over the layers (one compiled layer) instead of "
+                              "an unrolled loop.")
+  remat: bool = setting(False, "Rematerialise each layer in the backward pass. On XLA:CPU this "
+                        "saves memory only with scan_layers; on TPU/GPU either way.")
+  remat_policy: str = setting("full", "With remat: full = save nothing, dots = save matmul "
+                              "outputs.", choices=REMAT_POLICIES)
 
 
-def xwin_math_recipe() -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The training rows, how they become sequences, and the held-out rows."""
+  train_files: str = setting("", "Comma-separated: path[@weight], data:REL[@weight] (under "
+                             "$MATHJAX_DATA_DIR), tfds:NAME[:SPLIT].")
+  prompt_fields: str = setting(",".join(sources.DEFAULT_PROMPT_FIELDS), "Row fields tried in "
+                               "order for the prompt (comma-separated).")
+  response_fields: str = setting(",".join(sources.DEFAULT_RESPONSE_FIELDS), "Row fields tried "
+                                 "in order for the response (comma-separated).")
+  template: str = setting("alpaca", "Prompt format the rows are rendered in.",
+                          choices=templates.TEMPLATES)
+  system_prompt: str = setting("<default>", "Chat template only: the system turn; <default> "
+                               "keeps the template's own.")
+  seq_len: int = setting(2048, "Tokens per training sequence (packed rows, or one padded row "
+                         "each).")
+  packing: bool = setting(True, "Pack several rows per sequence (else one padded row each).")
+  packing_bins: int = setting(0, "First-fit bins per packing round (0 = batch_size).")
+  long_rows: str = setting("truncate", "Rows longer than seq_len (both counted).",
+                           choices=tokenize.LONG_ROW_POLICIES)
+  on_bad_row: str = setting("error", "A malformed row, missing field or empty text: error "
+                            "(naming file:line) or skip.", choices=sources.BAD_ROW_POLICIES)
+  tfds_data_dir: str = setting("", "tensorflow-datasets data_dir for tfds: train files.")
+  tfds_download: bool = setting(False, "Let tensorflow-datasets download a tfds: dataset "
+                                "(needs the network).")
+  eval_files: str = setting("", "Held-out rows for the eval loss (same syntax as train_files).")
+  eval_fraction: float = setting(0.0, "Or: this fraction of the train rows held out (seeded).")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The device mesh, and the TPU slice the run is sized for."""
+  shape: tuple[int, ...] = setting((1, -1, 1), "(data, fsdp, tensor) sizes; -1 = the rest of "
+                                   "the devices.")
+  topology: str = setting("", "The TPU slice this config is sized for (e.g. v5p:4x4x4): "
+                          "tools/aot_check.py compiles it there and checks it fits.")
+  num_devices: int = setting(0, "Use the first N devices (single process only); 0 = all.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Checkpoints during the run and the model written at its end."""
+  every_steps: int = setting(500, "Save an orbax checkpoint every this many steps (and at the "
+                             "end, or on SIGTERM).")
+  keep: int = setting(3, "Checkpoints kept on disk (older ones are deleted).")
+  async_save: bool = setting(True, "Write checkpoints in the background while training goes on.")
+  export_final: bool = setting(True, "Write output_dir/final, a model checkpoint dir "
+                               "(tools/sample.py and tools/convert_flax_to_hf.py read it).")
+  export_hf: bool = setting(False, "With export_final: also output_dir/final_hf, an HF "
+                            "directory (safetensors) for transformers / vLLM (one process "
+                            "only; a multi-host run logs the tools/convert_flax_to_hf.py "
+                            "command).")
+  export_hf_shard_gib: float = setting(5.0, "Safetensors shard size of that export, GiB.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One SFT run (`mathjax_sft.train.loop.train`)."""
+  output_dir: str = setting("", "Run directory: checkpoints/, model_files/, final/, "
+                            "metrics.jsonl, tb/. A run whose output_dir holds a checkpoint "
+                            "resumes from it.")
+  max_steps: int = setting(1000, "Optimizer steps; <= 0: num_epochs over the data (counted "
+                           "after packing).")
+  num_epochs: int = setting(0, "Epochs, with max_steps <= 0.")
+  batch_size: int = setting(64, "Global sequences per optimizer step.")
+  grad_accum_steps: int = setting(1, "Microbatches per step (must divide batch_size).")
+  seed: int = setting(0, "Seed of the parameter init (with model.preset), the shuffling and "
+                      "the holdout.")
+  eval_every_steps: int = setting(0, "Steps between two eval-loss passes (0 = none).")
+  eval_batches: int = setting(0, "Batches per eval pass (0 = the whole held-out split).")
+  log_every_steps: int = setting(10, "Steps between two metrics lines (metrics.jsonl, "
+                                 "TensorBoard, log).")
+  peak_flops_per_device: float = setting(0.0, "MFU denominator, FLOP/s; 0 = the device's "
+                                         "known peak, else a measured matmul peak.")
+  progress_bar: bool = setting(True, "Show a progress bar.")
+  compilation_cache_dir: str = setting("", "Persistent XLA compilation cache directory "
+                                       "(empty = off).")
+  model: ModelSettings = section(ModelSettings, "Which model and how its layers run.")
+  data: DataConfig = section(DataConfig, "Training and held-out rows.")
+  optimizer: OptimizerConfig = section(OptimizerConfig, "AdamW and its learning-rate schedule.")
+  mesh: MeshConfig = section(MeshConfig, "Device mesh.")
+  checkpoint: CheckpointConfig = section(CheckpointConfig, "Checkpoints and the final export.")
+  distributed: DistributedConfig = section(DistributedConfig, "Multi-host start-up.")
+
+  def replace(self, updates: dict) -> "TrainConfig":
+    """A copy with dotted paths set: `c.replace({"optimizer.learning_rate": 1e-5})`."""
+    return configtree.replace_paths(self, updates)
+
+
+def xwin_math_recipe() -> TrainConfig:
   """The Xwin-Math SFT recipe shared by the LLaMA-2 configs (configs/sft_llama2_*.py), which add
   the model, learning rate, mesh and checkpoint cadence: GSM8K + MATH chain-of-thought rows, real
-  and synthesized, Xwin-Math's own prompt format (template "xwin"), 3 epochs, 3% linear warmup then cosine decay, bf16 compute
-  with f32 master weights, scan + remat. The global batch (256 x 2048 packed tokens) is our
-  reading of the recipe: check it against the paper's appendix before a reproduction run."""
-  c = default_config()
-  # real GSM8K + MATH train, and the synthesized rows (tools/synthesize.py --output_dir=...)
-  c.train_files = ("data:gsm8k/train.jsonl,data:math/train.jsonl,"
-                   "runs/synth_gsm8k/rows.jsonl,runs/synth_math/rows.jsonl")
-  c.export_hf = True            # final_hf/: safetensors for transformers / vLLM evaluation
-  c.template = "xwin"           # the paper's format (Xwin-Math eval/prompt/xwin-math.json)
-  c.seq_len = 2048
-  c.batch_size = 256
-  c.grad_accum_steps = 1
-  c.max_steps = 0               # 0: num_epochs over the packed data
-  c.num_epochs = 3
-  c.warmup_ratio = 0.03
-  c.min_lr_ratio = 0.0
-  c.weight_decay = 0.0
-  c.max_grad_norm = 1.0
-  c.param_dtype = "float32"
-  c.compute_dtype = "bfloat16"
-  c.scan_layers = True
-  c.remat = True
-  c.log_every_steps = 10
-  c.eval_fraction = 0.002
-  c.eval_every_steps = 500
-  c.compilation_cache_dir = "runs/jax_cache"
-  c.seed = 0
-  return c
+  and synthesized, Xwin-Math's own prompt format (template "xwin"), 3 epochs, 3% linear warmup
+  then cosine decay, bf16 compute with f32 master weights, scan + remat. The global batch
+  (256 x 2048 packed tokens) is our reading of the recipe: check it against the paper's appendix
+  before a reproduction run."""
+  return TrainConfig().replace({
+      # real GSM8K + MATH train, and the synthesized rows (tools/synthesize.py --output_dir=...)
+      "data.train_files": "data:gsm8k/train.jsonl,data:math/train.jsonl,"
+                          "runs/synth_gsm8k/rows.jsonl,runs/synth_math/rows.jsonl",
+      "data.template": "xwin",               # the paper's format (Xwin-Math eval/prompt/xwin-math.json)
+      "data.seq_len": 2048,
+      "batch_size": 256,
+      "max_steps": 0,                        # 0: num_epochs over the packed data
+      "num_epochs": 3,
+      "optimizer.warmup_ratio": 0.03,
+      "optimizer.min_lr_ratio": 0.0,
+      "optimizer.weight_decay": 0.0,
+      "optimizer.max_grad_norm": 1.0,
+      "model.param_dtype": "float32",
+      "model.compute_dtype": "bfloat16",
+      "model.scan_layers": True,
+      "model.remat": True,
+      "checkpoint.export_hf": True,          # final_hf/: safetensors for transformers / vLLM
+      "data.eval_fraction": 0.002,
+      "eval_every_steps": 500,
+      "compilation_cache_dir": "runs/jax_cache",
+  })
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -146,39 +162,43 @@ def _check(cond: bool, msg: str) -> None:
     raise ValueError(f"invalid config: {msg}")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks every field once at start; raises ValueError naming the field."""
-  for name in REQUIRED_FIELDS:
-    _check(name in c, f"missing field {name!r}")
-  _check(bool(c.init_checkpoint) or bool(c.model_preset),
-         "set init_checkpoint (a converted checkpoint dir) or model_preset")
-  _check(not c.model_preset or c.model_preset in PRESETS,
-         f"model_preset={c.model_preset!r}; known: {sorted(PRESETS)}")
-  _check(bool(c.tokenizer) or bool(c.init_checkpoint), "set tokenizer (no init_checkpoint to take it from)")
-  _check(c.param_dtype in DTYPES and c.compute_dtype in DTYPES,
-         f"param_dtype/compute_dtype must be in {DTYPES}")
-  _check(bool(c.train_files.strip()), "train_files is empty")
+def validate(c: TrainConfig) -> None:
+  """Checks the fields' relations once at start (each field's own values are checked by its
+  type and choices); raises ValueError naming the field."""
+  m, d, o, k = c.model, c.data, c.optimizer, c.checkpoint
+  _check(isinstance(c, TrainConfig), f"expected a TrainConfig, got {type(c).__name__}")
+  _check(bool(m.init_checkpoint) or bool(m.preset),
+         "set model.init_checkpoint (a converted checkpoint dir) or model.preset")
+  _check(not m.preset or m.preset in PRESETS, f"model.preset={m.preset!r}; known: {sorted(PRESETS)}")
+  _check(bool(m.tokenizer) or bool(m.init_checkpoint),
+         "set model.tokenizer (no model.init_checkpoint to take it from)")
+  for name, value, allowed in (("model.param_dtype", m.param_dtype, DTYPES),
+                               ("model.compute_dtype", m.compute_dtype, DTYPES),
+                               ("model.remat_policy", m.remat_policy, REMAT_POLICIES),
+                               ("data.template", d.template, templates.TEMPLATES),
+                               ("data.long_rows", d.long_rows, tokenize.LONG_ROW_POLICIES),
+                               ("data.on_bad_row", d.on_bad_row, sources.BAD_ROW_POLICIES),
+                               ("distributed.mode", c.distributed.mode, ("auto", "yes", "no"))):
+    _check(value in allowed, f"{name}={value!r}; expected one of {allowed}")
+  _check(bool(d.train_files.strip()), "data.train_files is empty")
   _check(bool(c.output_dir), "output_dir is empty")
-  templates.check_template(c.template)
-  _check(c.long_rows in tokenize.LONG_ROW_POLICIES, f"long_rows must be in {tokenize.LONG_ROW_POLICIES}")
-  _check(c.on_bad_row in sources.BAD_ROW_POLICIES, f"on_bad_row must be in {sources.BAD_ROW_POLICIES}")
-  _check(c.seq_len >= 2, "seq_len must be >= 2")
+  _check(d.seq_len >= 2, "data.seq_len must be >= 2")
   _check(c.batch_size > 0, "batch_size must be positive")
   _check(c.grad_accum_steps > 0 and c.batch_size % c.grad_accum_steps == 0,
          f"grad_accum_steps={c.grad_accum_steps} must divide batch_size={c.batch_size}")
   _check(c.max_steps > 0 or c.num_epochs > 0, "set max_steps > 0 or num_epochs > 0")
-  _check(c.learning_rate > 0, "learning_rate must be positive")
-  _check(0 <= c.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
-  _check(0 <= c.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
-  _check(c.max_grad_norm >= 0 and c.weight_decay >= 0, "max_grad_norm, weight_decay must be >= 0")
-  _check(c.checkpoint_every_steps > 0, "checkpoint_every_steps must be positive")
-  _check(c.keep_checkpoints > 0, "keep_checkpoints must be positive")
+  _check(o.learning_rate > 0, "optimizer.learning_rate must be positive")
+  _check(0 <= o.warmup_ratio < 1, "optimizer.warmup_ratio must be in [0, 1)")
+  _check(0 <= o.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]")
+  _check(o.max_grad_norm >= 0 and o.weight_decay >= 0,
+         "optimizer.max_grad_norm, optimizer.weight_decay must be >= 0")
+  _check(k.every_steps > 0, "checkpoint.every_steps must be positive")
+  _check(k.keep > 0, "checkpoint.keep must be positive")
   _check(c.log_every_steps > 0, "log_every_steps must be positive")
-  _check(0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)")
-  _check(not (c.eval_files and c.eval_fraction), "set eval_files or eval_fraction, not both")
-  _check(len(tuple(c.mesh_shape)) == 3, "mesh_shape must be (data, fsdp, tensor)")
-  _check(c.num_devices >= 0, "num_devices must be >= 0")
-  _check(c.distributed in ("auto", "yes", "no"), "distributed must be auto | yes | no")
+  _check(0 <= d.eval_fraction < 1, "data.eval_fraction must be in [0, 1)")
+  _check(not (d.eval_files and d.eval_fraction), "set data.eval_files or data.eval_fraction, not both")
+  _check(len(c.mesh.shape) == 3, "mesh.shape must be (data, fsdp, tensor)")
+  _check(c.mesh.num_devices >= 0, "mesh.num_devices must be >= 0")
   _check(c.peak_flops_per_device >= 0, "peak_flops_per_device must be >= 0")
-  _check(c.export_hf_shard_gib > 0, "export_hf_shard_gib must be positive")
-  _check(c.export_final or not c.export_hf, "export_hf needs export_final")
+  _check(k.export_hf_shard_gib > 0, "checkpoint.export_hf_shard_gib must be positive")
+  _check(k.export_final or not k.export_hf, "checkpoint.export_hf needs checkpoint.export_final")

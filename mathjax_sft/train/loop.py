@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import ml_collections
 
 from mathjax_sft import distributed, hardware
 from mathjax_sft.checkpoint import params as params_ckpt
@@ -61,7 +60,7 @@ class TrainResult:
 @dataclasses.dataclass
 class _Run:
   """What a run builds before its first step; `loop` is what the step loop then carries."""
-  config: ml_collections.ConfigDict
+  config: config_lib.TrainConfig
   out_dir: Path
   tokenizer: Any
   data: SftData
@@ -78,23 +77,21 @@ class _Run:
   loop: hooks_lib.RunState
 
 
-def _system_prompt(c) -> str | None:
-  return None if c.system_prompt == "<default>" else c.system_prompt
+def _system_prompt(d: config_lib.DataConfig) -> str | None:
+  return None if d.system_prompt == "<default>" else d.system_prompt
 
 
-def load_data(c, tokenizer) -> SftData:
+def load_data(d: config_lib.DataConfig, tokenizer, seed: int) -> SftData:
   return load_sft_data(
-      c.train_files, tokenizer, c.template, c.seq_len, prompt_fields=c.prompt_fields,
-      response_fields=c.response_fields, long_rows=c.long_rows, on_bad_row=c.on_bad_row,
-      system_prompt=_system_prompt(c), eval_files=c.eval_files, eval_fraction=c.eval_fraction,
-      seed=c.seed, tfds_data_dir=c.tfds_data_dir, tfds_download=c.tfds_download)
+      d.train_files, tokenizer, d.template, d.seq_len, prompt_fields=d.prompt_fields,
+      response_fields=d.response_fields, long_rows=d.long_rows, on_bad_row=d.on_bad_row,
+      system_prompt=_system_prompt(d), eval_files=d.eval_files, eval_fraction=d.eval_fraction,
+      seed=seed, tfds_data_dir=d.tfds_data_dir, tfds_download=d.tfds_download)
 
 
-def train(config: ml_collections.ConfigDict, step_callback: StepCallback | None = None) -> TrainResult:
+def train(c: config_lib.TrainConfig, step_callback: StepCallback | None = None) -> TrainResult:
   """Runs (or resumes) SFT as configured. Raises NonFiniteLossError on a NaN/inf loss."""
-  config_lib.validate(config)
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.lock()
+  config_lib.validate(c)
   with contextlib.ExitStack() as resources:      # the checkpointer and the metrics writer
     r = _build(c, resources)
     with contextlib.ExitStack() as stepping:     # the SIGTERM handler and the progress bar
@@ -124,7 +121,7 @@ def _hooks(r: _Run, progress: hooks_lib.ProgressBar | None, step_callback: StepC
   checkpoints = hooks_lib.Checkpoints(r.ckpt, r.writer, r.meta, step_metrics)
   hooks = hooks_lib.Hooks()
   hooks.add_hook(step_metrics)
-  hooks.add_hook(checkpoints, every=c.checkpoint_every_steps, last_step=max_steps)
+  hooks.add_hook(checkpoints, every=c.checkpoint.every_steps, last_step=max_steps)
   if r.eval_step is not None:
     hooks.add_hook(hooks_lib.Eval(r.eval_step, r.eval_data, r.put_batch, r.writer, step_metrics,
                                   r.throughput), every=c.eval_every_steps)
@@ -137,12 +134,13 @@ def _finish(r: _Run, last_metrics: dict[str, float], checkpoint_step: int | None
   """The final export (unless preempted or no step was taken) and the run's result record."""
   c, run = r.config, r.loop
   export_dir = hf_dir = None
-  if c.export_final and run.stop_reason != "preempted" and run.step > run.start_step:
+  if c.checkpoint.export_final and run.stop_reason != "preempted" and run.step > run.start_step:
     export_dir = str(export_params(r.out_dir / FINAL_SUBDIR, run.state.params, r.model_config,
                                    r.tokenizer))
-    record_prompt_format(Path(export_dir), c)
-    if c.export_hf:
-      hf_dir = export_hf(export_dir, r.out_dir / HF_SUBDIR, c.export_hf_shard_gib, c.progress_bar)
+    record_prompt_format(Path(export_dir), c.data)
+    if c.checkpoint.export_hf:
+      hf_dir = export_hf(export_dir, r.out_dir / HF_SUBDIR, c.checkpoint.export_hf_shard_gib,
+                         c.progress_bar)
   tokens_per_s = r.throughput.tokens_per_s
   result = TrainResult(
       step=run.step, stop_reason=run.stop_reason, last_metrics=last_metrics,
@@ -161,34 +159,35 @@ def _build(c, resources: contextlib.ExitStack) -> _Run:
   mesh = _mesh(c)
   out_dir = Path(c.output_dir).absolute()
   tokenizer, data, max_steps, iterator, eval_data = _data(c)
-  cfg = model_setup.model_config(c)
+  cfg = model_setup.model_config(c.model)
   if len(tokenizer) > cfg.vocab_size:
-    raise ValueError(f"tokenizer {c.tokenizer or c.init_checkpoint} has {len(tokenizer)} tokens "
+    raise ValueError(f"tokenizer {c.model.tokenizer or c.model.init_checkpoint} has {len(tokenizer)} tokens "
                      f"but the model's vocab_size is {cfg.vocab_size}")
   stacked = cfg.scan_layers
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   p_abstract = llama.abstract_params(cfg, stacked)
-  ocfg = optimizer_lib.OptimizerConfig.from_config(c, max_steps)
-  tx = optimizer_lib.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  tx = optimizer_lib.make_optimizer(c.optimizer, llama.param_axes(cfg, stacked), max_steps)
   s_shard = state_lib.state_shardings(p_abstract, p_shard, tx, mesh)
-  ckpt = resources.enter_context(TrainCheckpointer(out_dir, c.keep_checkpoints,
-                                                   c.async_checkpointing))
+  ckpt = resources.enter_context(TrainCheckpointer(out_dir, c.checkpoint.keep,
+                                                   c.checkpoint.async_save))
   writer = resources.enter_context(contextlib.closing(metrics_lib.MetricsWriter(out_dir)))
   if distributed.is_main_process():   # any step is a model: its tokenizer and prompt format
-    record_prompt_format(params_ckpt.save_model_files(out_dir, tokenizer), c)
+    record_prompt_format(params_ckpt.save_model_files(out_dir, tokenizer), c.data)
   state = _initial_state(c, mesh, ckpt, iterator, max_steps, tx, p_abstract, s_shard)
   writer.record("data", data.summary(), int(state.step))
-  b_shard = step_lib.batch_sharding(mesh, c.batch_size, c.seq_len)
-  step_fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(ocfg), s_shard, b_shard,
-                                     c.grad_accum_steps)
+  seq_len = c.data.seq_len
+  b_shard = step_lib.batch_sharding(mesh, c.batch_size, seq_len)
+  step_fn = step_lib.make_train_step(cfg, tx, optimizer_lib.schedule(c.optimizer, max_steps),
+                                     s_shard, b_shard, c.grad_accum_steps)
   eval_step = step_lib.make_eval_step(cfg, p_shard, b_shard) if eval_data else None
-  peak, peak_source = hardware.peak_flops_per_device(c.peak_flops_per_device, c.compute_dtype)
-  throughput = hooks_lib.Throughput(c.batch_size * c.seq_len, cfg.flops_per_token(c.seq_len),
+  peak, peak_source = hardware.peak_flops_per_device(c.peak_flops_per_device,
+                                                     c.model.compute_dtype)
+  throughput = hooks_lib.Throughput(c.batch_size * seq_len, cfg.flops_per_token(seq_len),
                                     peak, mesh.size)
   log.info("MFU peak %.3g FLOP/s per device (%s); %.3g FLOPs per token", peak, peak_source,
            throughput.flops_per_token)
   put = lambda batch: distributed.put_global_batch(batch, b_shard)
-  meta = {"max_steps": max_steps, "model_config": cfg.to_hf(), "train_files": c.train_files,
+  meta = {"max_steps": max_steps, "model_config": cfg.to_hf(), "train_files": c.data.train_files,
           "data_fingerprint": iterator.fingerprint}
   loop = hooks_lib.RunState(state=state, step=int(state.step), max_steps=max_steps,
                             start_step=int(state.step), data_state=iterator.get_state())
@@ -200,16 +199,18 @@ def _build(c, resources: contextlib.ExitStack) -> _Run:
 
 def _mesh(c):
   """Checks the inputs named before anything loads, starts jax.distributed, builds the mesh."""
-  if c.init_checkpoint:   # a missing or unconverted checkpoint is named now, not after loading
-    params_ckpt.check_model_dir(c.init_checkpoint, "--config.init_checkpoint",
-                                tokenizer=not c.tokenizer)
-  distributed.initialize(c.coordinator_address, c.num_processes, c.process_id, c.distributed)
+  m = c.model
+  if m.init_checkpoint:   # a missing or unconverted checkpoint is named now, not after loading
+    params_ckpt.check_model_dir(m.init_checkpoint, "--config.model.init_checkpoint",
+                                tokenizer=not m.tokenizer)
+  c.distributed.initialize()
   if c.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", c.compilation_cache_dir)
-  if c.num_devices and jax.process_count() > 1:
-    raise ValueError("num_devices is for single-process runs; a multi-host mesh spans all devices")
-  devices = jax.devices()[:c.num_devices] if c.num_devices else None
-  mesh = make_mesh(tuple(c.mesh_shape), devices)
+  if c.mesh.num_devices and jax.process_count() > 1:
+    raise ValueError("mesh.num_devices is for single-process runs; a multi-host mesh spans all "
+                     "devices")
+  devices = jax.devices()[:c.mesh.num_devices] if c.mesh.num_devices else None
+  mesh = make_mesh(tuple(c.mesh.shape), devices)
   log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
            jax.process_count())
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -218,24 +219,25 @@ def _mesh(c):
     raise ValueError(f"--config.batch_size={c.batch_size} (per microbatch: {micro}, "
                      f"grad_accum_steps={c.grad_accum_steps}) must be a multiple of the data x "
                      f"fsdp mesh size {shards} ({mesh.size} devices, mesh {dict(mesh.shape)}); "
-                     "change batch_size or --config.mesh_shape")
+                     "change batch_size or --config.mesh.shape")
   return mesh
 
 
 def _data(c):
   """(tokenizer, data, max_steps, train iterator, eval batches)."""
-  tokenizer = load_tokenizer(c.tokenizer or c.init_checkpoint)
-  data = load_data(c, tokenizer)
+  d = c.data
+  tokenizer = load_tokenizer(c.model.tokenizer or c.model.init_checkpoint)
+  data = load_data(d, tokenizer, c.seed)
   log.info("data: %s", data.summary())
-  pcfg = pipeline.PipelineConfig(batch_size=c.batch_size, seq_len=c.seq_len, seed=c.seed,
-                                 packing=c.packing, packing_bins=c.packing_bins,
+  pcfg = pipeline.PipelineConfig(batch_size=c.batch_size, seq_len=d.seq_len, seed=c.seed,
+                                 packing=d.packing, packing_bins=d.packing_bins,
                                  num_epochs=c.num_epochs or None)
   max_steps = c.max_steps
   if max_steps <= 0:
     max_steps = pipeline.count_batches(data.train, data.weights, pcfg)
     log.info("%d epochs = %d steps", c.num_epochs, max_steps)
   iterator = pipeline.train_iterator(data.train, data.weights, pcfg,
-                                     extra_fingerprint=[c.template, c.system_prompt])
+                                     extra_fingerprint=[d.template, d.system_prompt])
   eval_data = (pipeline.eval_batches(data.eval, pcfg, c.eval_batches)
                if data.eval and c.eval_every_steps else [])
   return tokenizer, data, max_steps, iterator, eval_data
@@ -253,7 +255,7 @@ def _initial_state(c, mesh, ckpt: TrainCheckpointer, iterator, max_steps: int, t
                   "schedule changes", meta.get("max_steps"), max_steps)
     log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     return state
-  params, _ = model_setup.load_model(c, mesh)
+  params, _ = model_setup.load_model(c.model, c.seed, mesh)
   return state_lib.create_state(params, tx, s_shard)
 
 
@@ -268,10 +270,10 @@ def export_params(out_dir: Path, params: llama.Params, cfg, tokenizer) -> Path:
   return out_dir
 
 
-def record_prompt_format(out_dir: Path, c) -> None:
+def record_prompt_format(out_dir: Path, d: config_lib.DataConfig) -> None:
   """The template the model was trained with, for tools/sample.py (prompt_format.json)."""
   if distributed.is_main_process():
-    templates.save_prompt_format(out_dir, c.template, _system_prompt(c))
+    templates.save_prompt_format(out_dir, d.template, _system_prompt(d))
 
 
 def export_hf(checkpoint_dir: str, hf_dir: Path, shard_gib: float, progress: bool) -> str | None:

@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mathjax_sft.configtree import setting
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  learning_rate: float
-  max_steps: int
-  warmup_steps: int = 0
-  min_lr_ratio: float = 0.0
-  weight_decay: float = 0.0
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  max_grad_norm: float = 1.0   # 0 = no clipping
+  """AdamW, global-norm clipping and the learning-rate schedule (the trainer's `optimizer`)."""
+  learning_rate: float = setting(2e-5, "Peak learning rate, reached after the warmup.")
+  warmup_steps: int = setting(-1, "Linear warmup steps; -1: warmup_ratio x the run's steps.")
+  warmup_ratio: float = setting(0.03, "Warmup as a fraction of the run's steps (with "
+                                "warmup_steps = -1).")
+  min_lr_ratio: float = setting(0.0, "The cosine decays to learning_rate x min_lr_ratio.")
+  weight_decay: float = setting(0.0, "AdamW decoupled weight decay (never on norm scales).")
+  b1: float = setting(0.9, "AdamW beta1.")
+  b2: float = setting(0.999, "AdamW beta2.")
+  eps: float = setting(1e-8, "AdamW epsilon.")
+  max_grad_norm: float = setting(1.0, "Clip the global gradient norm to this (0 = no clipping).")
 
-  @classmethod
-  def from_config(cls, c, max_steps: int) -> "OptimizerConfig":
-    warmup = c.warmup_steps if c.warmup_steps >= 0 else int(round(c.warmup_ratio * max_steps))
-    return cls(learning_rate=c.learning_rate, max_steps=max_steps, warmup_steps=warmup,
-               min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay, b1=c.adam_b1,
-               b2=c.adam_b2, eps=c.adam_eps, max_grad_norm=c.max_grad_norm)
+  def warmup(self, max_steps: int) -> int:
+    """Warmup steps of a run of max_steps."""
+    return self.warmup_steps if self.warmup_steps >= 0 else int(round(self.warmup_ratio * max_steps))
 
 
-def schedule(cfg: OptimizerConfig) -> optax.Schedule:
+def schedule(cfg: OptimizerConfig, max_steps: int) -> optax.Schedule:
   """HF Trainer's cosine-with-warmup: the update of training step s (1-based) uses lr(s - 1),
 
     lr(c) = learning_rate * c / warmup_steps                          c < warmup_steps
@@ -40,8 +40,8 @@ def schedule(cfg: OptimizerConfig) -> optax.Schedule:
   with end = learning_rate * min_lr_ratio.
   """
   peak, end = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-  warmup = max(int(cfg.warmup_steps), 0)
-  decay = max(int(cfg.max_steps) - warmup, 1)
+  warmup = max(cfg.warmup(max_steps), 0)
+  decay = max(int(max_steps) - warmup, 1)
 
   def lr(count):
     c = jnp.asarray(count, jnp.float32)
@@ -65,11 +65,13 @@ def decay_mask(param_axes: Any) -> Any:
                       is_leaf=is_axes)
 
 
-def make_optimizer(cfg: OptimizerConfig, param_axes: Any) -> optax.GradientTransformation:
-  """Clipping + AdamW for params whose logical axes are `param_axes` (decay mask from them)."""
+def make_optimizer(cfg: OptimizerConfig, param_axes: Any, max_steps: int
+                   ) -> optax.GradientTransformation:
+  """Clipping + AdamW over a run of max_steps, for params whose logical axes are `param_axes`
+  (decay mask from them)."""
   parts = []
   if cfg.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
-  parts.append(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+  parts.append(optax.adamw(schedule(cfg, max_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=decay_mask(param_axes)))
   return optax.chain(*parts)

@@ -105,7 +105,7 @@ def test_tfds_download_without_network_fails_fast_naming_the_flag(monkeypatch):
 
   monkeypatch.setattr(socket, "create_connection", probe)
   spec = sources.parse_sources("tfds:gsm8k")[0]
-  with pytest.raises(ConnectionError, match=r"--config.tfds_download=true \(tfds:gsm8k\).*"
+  with pytest.raises(ConnectionError, match=r"--config.data.tfds_download=true \(tfds:gsm8k\).*"
                                             "127.0.0.1:9 cannot be reached"):
     sources.read_source(spec, tfds_download=True)
   assert probes == [(("127.0.0.1", 9), sources.NETWORK_PROBE_TIMEOUT_S)] and not started

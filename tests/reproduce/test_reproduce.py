@@ -25,13 +25,12 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
   ckpt.copy_tokenizer_files(byte_tokenizer, base)
   recipe = tmp_path / "recipe.py"
   recipe.write_text(
-      "from mathjax_sft.train.config import default_config\n"
+      "from mathjax_sft.train.config import TrainConfig\n"
       "def get_config():\n"
-      "  c = default_config()\n"
-      "  c.template, c.seq_len, c.batch_size, c.num_devices = 'alpaca', 1024, 2, 1\n"
-      "  c.learning_rate, c.checkpoint_every_steps, c.progress_bar = 1e-3, 100, False\n"
-      "  c.scan_layers = False\n"
-      "  return c\n")
+      "  return TrainConfig().replace({\n"
+      "      'data.template': 'alpaca', 'data.seq_len': 1024, 'batch_size': 2,\n"
+      "      'mesh.num_devices': 1, 'optimizer.learning_rate': 1e-3,\n"
+      "      'checkpoint.every_steps': 100, 'progress_bar': False, 'model.scan_layers': False})\n")
   rc = reproduce.ReproduceConfig(
       output_dir=str(tmp_path / "out"), base_checkpoint=str(base), train_config=str(recipe),
       sizes=(4, 8), num_epochs=1, max_steps=2, num_problems=2, num_samples=3,

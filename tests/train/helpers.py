@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mathjax_sft import paths
-from mathjax_sft.train.config import default_config
+from mathjax_sft import configtree, paths
+from mathjax_sft.train.config import TrainConfig
 
 TINY_VOCAB = 320  # 256 bytes + 3 specials, rounded up to divide a tensor axis of 2
 
@@ -53,28 +53,42 @@ def gsm8k_slice(path: Path, n: int) -> Path:
   return path
 
 
-def tiny_config(tokenizer_dir: Path, train_file: Path, output_dir: Path, **overrides):
-  c = default_config()
-  c.model_preset = "tiny"
-  c.vocab_size = TINY_VOCAB
-  c.tokenizer = str(tokenizer_dir)
-  c.train_files = str(train_file)
-  c.output_dir = str(output_dir)
-  c.seq_len = 256
-  c.batch_size = 8
-  c.max_steps = 4
-  c.learning_rate = 1e-3
-  c.warmup_steps = 1
-  c.checkpoint_every_steps = 2
-  c.log_every_steps = 1
-  c.progress_bar = False
-  c.peak_flops_per_device = 1e11   # skip the matmul measurement in tests
-  c.mesh_shape = (1, 1, 1)
-  c.num_devices = 1
-  c.export_final = False
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+def config_paths(**fields) -> dict:
+  """Field names as dotted paths of TrainConfig: a path as given, or a unique last component
+  (`seq_len` -> `data.seq_len`)."""
+  by_name: dict = {}
+  for leaf in configtree.leaves(TrainConfig):
+    by_name.setdefault(leaf.path.rsplit(".", 1)[-1], []).append(leaf.path)
+  out = {}
+  for name, value in fields.items():
+    paths = [name] if "." in name else by_name.get(name, [])
+    assert len(paths) == 1, f"{name!r} names {paths or 'no field'} of TrainConfig"
+    out[paths[0]] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def tiny_config(tokenizer_dir: Path, train_file: Path, output_dir: Path, **overrides) -> TrainConfig:
+  """A tiny-preset run on one device; overrides by field name or dotted path."""
+  c = TrainConfig().replace({
+      "model.preset": "tiny",
+      "model.vocab_size": TINY_VOCAB,
+      "model.tokenizer": str(tokenizer_dir),
+      "data.train_files": str(train_file),
+      "output_dir": str(output_dir),
+      "data.seq_len": 256,
+      "batch_size": 8,
+      "max_steps": 4,
+      "optimizer.learning_rate": 1e-3,
+      "optimizer.warmup_steps": 1,
+      "checkpoint.every_steps": 2,
+      "log_every_steps": 1,
+      "progress_bar": False,
+      "peak_flops_per_device": 1e11,   # skip the matmul measurement in tests
+      "mesh.shape": (1, 1, 1),
+      "mesh.num_devices": 1,
+      "checkpoint.export_final": False,
+  })
+  return c.replace(config_paths(**overrides))
 
 
 def feed_and_loss(devices) -> tuple[dict, object, float]:

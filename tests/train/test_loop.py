@@ -18,7 +18,7 @@ def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
   data = helpers.gsm8k_slice(tmp_path / "gsm8k.jsonl", 96)
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", seq_len=512, batch_size=4,
                           max_steps=30, learning_rate=3e-3, warmup_steps=3,
-                          checkpoint_every_steps=30, eval_fraction=0.1, eval_every_steps=15,
+                          every_steps=30, eval_fraction=0.1, eval_every_steps=15,
                           export_final=True, export_hf=True, compute_dtype="bfloat16",
                           scan_layers=False)
   losses = {}
@@ -88,7 +88,7 @@ def test_fine_tuning_starts_from_the_init_checkpoint(byte_tokenizer, tmp_path, m
     return step
 
   monkeypatch.setattr(step_lib, "make_train_step", recording)
-  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", model_preset="",
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", preset="",
                           init_checkpoint=str(tmp_path / "ckpt"), max_steps=2)
   assert c.seed == 0
   seen = {}
@@ -102,7 +102,7 @@ def test_fine_tuning_starts_from_the_init_checkpoint(byte_tokenizer, tmp_path, m
   assert expected < 0.6 * np.log(helpers.TINY_VOCAB)
   assert seen[1]["loss"] == pytest.approx(expected, rel=1e-5)
   # MFU: 1 device of the configured 1e11 FLOP/s
-  flops = cfg.flops_per_token(c.seq_len)
+  flops = cfg.flops_per_token(c.data.seq_len)
   assert seen[2]["tokens_per_s"] == pytest.approx(8 * 256 / seen[2]["step_time_s"])
   assert seen[2]["mfu"] == pytest.approx(flops * seen[2]["tokens_per_s"] / 1e11, rel=1e-9)
   assert result.tokens_per_s > 0
@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(byte_tokenizer, tm
   data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(40))
   # warmup: step 1 uses lr 0 (a good checkpoint), step 2 an lr that overflows the params
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", max_steps=8, warmup_steps=4,
-                          checkpoint_every_steps=1, learning_rate=1e30, max_grad_norm=0.0)
+                          every_steps=1, learning_rate=1e30, max_grad_norm=0.0)
   seen = {}
   with pytest.raises(NonFiniteLossError, match=r"non-finite value at step 2: .*last good checkpoint is step 1"):
     train(c, step_callback=lambda s, m: seen.__setitem__(s, m))
@@ -166,7 +166,7 @@ def test_any_training_step_is_a_model(byte_tokenizer, tmp_path):
   data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(8))
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "run", max_steps=2, seq_len=512,
                           batch_size=2, template="xwin", export_final=True,
-                          checkpoint_every_steps=1, scan_layers=False)
+                          every_steps=1, scan_layers=False)
   result = train(c)
   steps = tmp_path / "run" / "checkpoints"
   assert params_ckpt.is_train_step_dir(steps / "1") and params_ckpt.is_train_step_dir(steps / "2")
@@ -213,16 +213,16 @@ def test_training_inputs_are_named_before_the_model_loads(byte_tokenizer, tmp_pa
   missing = tmp_path / "no-such-model"
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "a", init_checkpoint=str(missing),
                           tokenizer="")
-  with pytest.raises(FileNotFoundError, match=f"--config.init_checkpoint={missing}: no such"):
+  with pytest.raises(FileNotFoundError, match=f"--config.model.init_checkpoint={missing}: no such"):
     train(c)
   c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "b", batch_size=6, num_devices=4,
-                          mesh_shape=(1, 4, 1))
+                          shape=(1, 4, 1))
   with pytest.raises(ValueError, match=r"--config.batch_size=6 .* must be a multiple of the data "
                                        r"x fsdp mesh size 4 \(4 devices"):
     train(c)
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(helpers.arithmetic_rows(1)[0]) + "\n{not json\n")
   c = helpers.tiny_config(byte_tokenizer, bad, tmp_path / "c")
-  with pytest.raises(DataError, match=rf"{bad}:2: .*--config.on_bad_row=skip"):
+  with pytest.raises(DataError, match=rf"{bad}:2: .*--config.data.on_bad_row=skip"):
     train(c)
   assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())

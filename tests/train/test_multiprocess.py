@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 def test_two_processes_agree(byte_tokenizer, tmp_path):
   data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.arithmetic_rows(40))
-  fields = dict(max_steps=2, checkpoint_every_steps=2, mesh_shape=[2, 2, 2], num_devices=0,
+  fields = dict(max_steps=2, every_steps=2, shape=[2, 2, 2], num_devices=0,
                 tokenizer=str(byte_tokenizer), train_files=str(data))
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(REPO),
@@ -45,9 +45,8 @@ def test_two_processes_agree(byte_tokenizer, tmp_path):
   out = [json.loads((tmp_path / f"losses{pid}.json").read_text()) for pid in range(2)]
   assert out[0] == out[1] and sorted(out[0]["losses"]) == ["1", "2"]
   # one process, the same (2, 2, 2) mesh over its own 8 devices
-  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "sp", max_steps=2,
-                          checkpoint_every_steps=2, num_devices=0)
-  c.mesh_shape = (2, 2, 2)
+  c = helpers.tiny_config(byte_tokenizer, data, tmp_path / "sp", max_steps=2, every_steps=2,
+                          num_devices=0, shape=(2, 2, 2))
   single = {}
   result = train(c, step_callback=lambda s, m: single.__setitem__(str(s), m["loss"]))
   np.testing.assert_allclose([out[0]["losses"][k] for k in ("1", "2")],

@@ -46,7 +46,7 @@ def arith_file(tmp_path):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_loss_sequence(byte_tokenizer, arith_file,
                                                                    tmp_path):
-  fields = dict(max_steps=8, checkpoint_every_steps=2, keep_checkpoints=2, seed=5)
+  fields = dict(max_steps=8, every_steps=2, keep=2, seed=5)
   # uninterrupted reference, in this process
   ref = {}
   train(helpers.tiny_config(byte_tokenizer, arith_file, tmp_path / "ref", **fields),
@@ -91,12 +91,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_loss_sequence(byte_tokenize
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(byte_tokenizer, arith_file,
                                                                  tmp_path):
   run_dir = tmp_path / "run"
-  flags = {"init_checkpoint": "", "model_preset": "tiny", "vocab_size": helpers.TINY_VOCAB,
-           "tokenizer": str(byte_tokenizer), "train_files": str(arith_file),
-           "output_dir": str(run_dir), "seq_len": 256, "batch_size": 8, "max_steps": 100000,
-           "checkpoint_every_steps": 100000, "compute_dtype": "float32", "scan_layers": True,
-           "num_epochs": 0, "num_devices": 1, "mesh_shape": "(1,1,1)", "log_every_steps": 1,
-           "peak_flops_per_device": 1e11, "template": "alpaca"}
+  flags = {"model.init_checkpoint": "", "model.preset": "tiny",
+           "model.vocab_size": helpers.TINY_VOCAB, "model.tokenizer": str(byte_tokenizer),
+           "data.train_files": str(arith_file), "output_dir": str(run_dir), "data.seq_len": 256,
+           "batch_size": 8, "max_steps": 100000, "checkpoint.every_steps": 100000,
+           "model.compute_dtype": "float32", "model.scan_layers": True, "num_epochs": 0,
+           "mesh.num_devices": 1, "mesh.shape": "1,1,1", "log_every_steps": 1,
+           "peak_flops_per_device": 1e11, "data.template": "alpaca"}
   cmd = [sys.executable, "tools/train.py", "--config=configs/sft_smollm2_135m.py"]
   cmd += [f"--config.{k}={v}" for k, v in flags.items()]
   proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
@@ -114,6 +115,6 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(byte_tokenizer,
   # the checkpoint restores: a resumed run continues at the next step
   resumed = {}
   c = helpers.tiny_config(byte_tokenizer, arith_file, run_dir, max_steps=saved + 2,
-                          checkpoint_every_steps=100000, compute_dtype="float32")
+                          every_steps=100000, compute_dtype="float32")
   result = train(c, step_callback=lambda s, m: resumed.__setitem__(s, m["loss"]))
   assert sorted(resumed) == [saved + 1, saved + 2] and result.step == saved + 2

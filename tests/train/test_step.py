@@ -64,15 +64,15 @@ def _run_step(mesh, batch, accum=1, stacked=True, tx=None):
   # Adam's first update is g / (|g| + eps): with eps=1e-8 a gradient entry near 1e-8 turns
   # float-summation-order noise into an lr-sized difference; eps=1e-6 keeps the comparison about
   # the sharding, not about that amplification.
-  ocfg = optimizer.OptimizerConfig(learning_rate=1e-3, max_steps=10, warmup_steps=0,
+  ocfg = optimizer.OptimizerConfig(learning_rate=1e-3, warmup_steps=0,
                                    weight_decay=0.1, eps=1e-6)
-  tx = tx or optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  tx = tx or optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked), 10)
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   params = llama.init_params(cfg, jax.random.PRNGKey(1), p_shard, stacked=stacked)
   s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
   st = state_lib.create_state(params, tx, s_shard)
   b_shard = step_lib.batch_sharding(mesh, *batch["inputs"].shape)
-  fn = step_lib.make_train_step(cfg, tx, optimizer.schedule(ocfg), s_shard, b_shard, accum)
+  fn = step_lib.make_train_step(cfg, tx, optimizer.schedule(ocfg, 10), s_shard, b_shard, accum)
   st, m = fn(st, {k: jax.device_put(v, b_shard) for k, v in batch.items()})
   return st, jax.device_get(m)
 
@@ -120,8 +120,8 @@ def test_grad_accumulation_equals_one_big_batch():
 
 
 def test_schedule_warmup_then_cosine():
-  lr = optimizer.schedule(optimizer.OptimizerConfig(learning_rate=1.0, max_steps=12,
-                                                    warmup_steps=2, min_lr_ratio=0.1))
+  lr = optimizer.schedule(optimizer.OptimizerConfig(learning_rate=1.0, warmup_steps=2,
+                                                    min_lr_ratio=0.1), max_steps=12)
   got = [float(lr(c)) for c in range(13)]
   assert got[:3] == pytest.approx([0.0, 0.5, 1.0])
   assert got[7] == pytest.approx(0.1 + 0.9 * 0.5)     # halfway through the decay
@@ -133,12 +133,12 @@ def _one_step(params, cfg, batch, ocfg):
   """One train step on one device from the given params (layout = cfg.scan_layers)."""
   mesh = make_mesh((1, 1, 1), jax.devices()[:1])
   stacked = cfg.scan_layers
-  tx = optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked))
+  tx = optimizer.make_optimizer(ocfg, llama.param_axes(cfg, stacked), 10)
   p_shard = state_lib.param_shardings(cfg, mesh, stacked)
   s_shard = state_lib.state_shardings(llama.abstract_params(cfg, stacked), p_shard, tx, mesh)
   st = state_lib.create_state(jax.tree.map(jnp.array, params), tx, s_shard)
   b_shard = step_lib.batch_sharding(mesh, *batch["inputs"].shape)
-  fn = step_lib.make_train_step(cfg, tx, optimizer.schedule(ocfg), s_shard, b_shard)
+  fn = step_lib.make_train_step(cfg, tx, optimizer.schedule(ocfg, 10), s_shard, b_shard)
   st, _ = fn(st, batch)
   return st.params
 
@@ -153,7 +153,7 @@ def test_weight_decay_mask_comes_from_logical_axes():
 
 
 def test_weight_decay_spares_norms_and_scan_equals_unrolled():
-  ocfg = optimizer.OptimizerConfig(learning_rate=1e-2, max_steps=10, warmup_steps=0,
+  ocfg = optimizer.OptimizerConfig(learning_rate=1e-2, warmup_steps=0,
                                    weight_decay=0.5, eps=1e-6)
   cfg = CFG.replace(scan_layers=True)
   stacked = llama.init_params(cfg, jax.random.PRNGKey(2))

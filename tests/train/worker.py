@@ -1,6 +1,6 @@
 """Subprocess entry for the kill / multi-process tests: `python -m tests.train.worker SPEC.json`.
 
-SPEC: {"config": {field: value, ...} (on top of helpers.tiny_config's defaults),
+SPEC: {"config": {field name or dotted path: value, ...} (on top of helpers.tiny_config's),
        "losses": path to write {step: loss} at the end,
        "pause_at_step": k (optional): after step k, write "marker" and sleep until killed}
 """
@@ -18,8 +18,6 @@ def main(spec_path: str) -> None:
   fields = dict(spec["config"])
   c = helpers.tiny_config(Path(fields.pop("tokenizer")), Path(fields.pop("train_files")),
                           Path(fields.pop("output_dir")), **fields)
-  if "mesh_shape" in spec["config"]:
-    c.mesh_shape = tuple(spec["config"]["mesh_shape"])
   losses = {}
 
   def callback(step, metrics):
