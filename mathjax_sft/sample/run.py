@@ -31,7 +31,9 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mathjax_sft.checkpoint import params as ckpt
+from mathjax_sft.configtree import section, setting
 from mathjax_sft.data import templates
+from mathjax_sft.distributed import DistributedConfig
 from mathjax_sft.eval import metrics, problems as problems_lib, records as records_lib
 from mathjax_sft.eval.grade import Grader
 from mathjax_sft.sample.engine import Engine, EngineConfig
@@ -46,31 +48,63 @@ SUMMARY_FILE = "summary.json"
 SETTINGS_FILE = "settings.json"
 
 
-@dataclasses.dataclass(frozen=True)
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SampleRunConfig:
-  checkpoint: str
-  dataset: str                       # gsm8k | math | math500 | jsonl:PATH (see eval.problems)
-  output_dir: str
-  num_samples: int = 64
-  num_problems: int | None = None
-  temperature: float = 0.7
-  top_p: float = 1.0
-  top_k: int = 0
-  max_new_tokens: int = 512
-  seed: int = 0
-  template: str | None = None        # None: the checkpoint's prompt_format.json, else "chat"
-  system_prompt: str | None = None
-  stop_strings: tuple[str, ...] = ()   # besides the template's own (templates.STOP_STRINGS)
-  rows: int | None = None            # decode rows (None: from device memory and the model)
-  prefix_slots: int | None = None    # prompts resident at once (None: rows // N + 3)
-  chunk_steps: int = EngineConfig.chunk_steps      # decode steps between two rounds of host
-                                                   # scheduling
-  min_tail_rows: int = EngineConfig.min_tail_rows  # the tail's pool halves down to this (0: off)
-  compute_dtype: str = "float32"
-  param_dtype: str | None = None     # cast weights while loading (e.g. bfloat16)
-  mesh_shape: tuple[int, ...] | None = None
-  grader_workers: int = 2
-  grade_timeout_s: float = 10.0
+  """One sampling run; `tools/sample.py` has one flag per field (`--distributed.mode`, ...)."""
+  checkpoint: str = setting(
+      "runs/smollm2-135m", "mathjax_sft checkpoint directory (config.json, params/, tokenizer), "
+      "or any step of a training run (OUT/checkpoints/<step>). Default: the embedded "
+      "SmolLM2-135M-Instruct, converted by `make convert`.")
+  dataset: str = setting(
+      "gsm8k", "Problems: gsm8k | math | math500 (test splits under $MATHJAX_DATA_DIR), "
+      "'gsm8k:train' / 'math:train', or jsonl:PATH (GSM8K or MATH style rows).")
+  output_dir: str = setting(doc="Run directory (created; reused to resume).")
+  num_samples: int = setting(64, "N: samples per problem.")
+  num_problems: int | None = setting(None, "Only the first K problems (default all).")
+  temperature: float = setting(SamplingParams.temperature, "Sampling temperature; 0 = greedy.")
+  top_p: float = setting(SamplingParams.top_p, "Nucleus sampling mass (1.0 = off).")
+  top_k: int = setting(SamplingParams.top_k, "Keep the k most likely tokens (0 = off).")
+  max_new_tokens: int = setting(EngineConfig.max_new_tokens, "Longest sample, in tokens.")
+  seed: int = setting(0, "Sample j of problem p depends only on (seed, p, j).")
+  template: str | None = setting(
+      None, "Prompt format: the tokenizer's chat template, Alpaca, or Xwin-Math's. Default: the "
+      "one the checkpoint was fine-tuned with (its prompt_format.json), else chat; a value that "
+      "contradicts the checkpoint's is used with a warning.", choices=templates.TEMPLATES)
+  system_prompt: str | None = setting(
+      None, "System turn for --template=chat (default: the template's own).")
+  stop_strings: tuple[str, ...] = setting(
+      (), "Extra stop strings (also --stop), besides EOS and the template's own (xwin: </s>, "
+      "USER, ASSISTANT, Question, Instruction, Response; alpaca: ### Instruction, ### Response).")
+  rows: int | None = setting(
+      None, "Decode rows in the pool, shared by all problems (default: what fits the device next "
+      "to the model, at most 64 on a CPU, never more than problems x N). Does not change the "
+      "samples.")
+  prefix_slots: int | None = setting(
+      None, "Prompts resident at once (default rows // N + 3). Does not change the samples.")
+  chunk_steps: int = setting(
+      EngineConfig.chunk_steps, "Decode steps per compiled call; the host schedules work and "
+      "matches stop strings between calls. Does not change the samples.")
+  min_tail_rows: int = setting(
+      EngineConfig.min_tail_rows, "Once every sample has started, the live rows move into a pool "
+      "a power of two smaller whenever they fit, down to this many rows (0: never; each size is "
+      "one more compiled decode program). Does not change the samples.")
+  compute_dtype: str = setting("float32", "Matmul dtype.", choices=DTYPES)
+  param_dtype: str | None = setting(
+      None, "Cast weights to this dtype when loading (default: as stored).", choices=DTYPES)
+  mesh_shape: tuple[int, ...] | None = setting(
+      None, "data,fsdp,tensor mesh sizes (-1 = the rest) over this process's devices; empty = "
+      "one device. Problems are split over data x fsdp.")
+  grader_workers: int = setting(2, "math-verify worker processes.")
+  grade_timeout_s: float = setting(10.0, "Time limit per graded answer.")
+  compilation_cache: str | None = setting(
+      None, "Persistent XLA compilation cache dir (default ~/.cache/mathjax_sft/jax or "
+      "$MATHJAX_COMPILATION_CACHE).")
+  distributed: DistributedConfig = section(
+      DistributedConfig, "Multi-host: the same command on every host; problem i goes to process "
+      "i % num_processes.")
 
   def __post_init__(self):
     if self.template is not None:
@@ -183,29 +217,57 @@ def read_records(out_dir: Path) -> dict[str, dict]:
   return records
 
 
-def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
-  """Samples, grades and summarises; returns the summary (also written to summary.json)."""
-  from transformers import AutoTokenizer
-  start = time.perf_counter()
+@dataclasses.dataclass
+class _Prompts:
+  """The run's problems and their prompts (text and token ids)."""
+  problems: list
+  texts: list[str]
+  ids: list[list[int]]
+  tokenizer: Any
+
+
+@dataclasses.dataclass
+class _Plan:
+  """This process's share of the problems: `todo` (indices) still to sample, into `store`."""
+  rank: int
+  world: int
+  mine: list[int]
+  todo: list[int]
+  store: JsonlStore
+
+
+def resolve_settings(cfg: SampleRunConfig) -> tuple[SampleRunConfig, dict[str, Any]]:
+  """The config with the checkpoint's prompt format, and the run's settings (with the
+  checkpoint's fingerprint), checked against a run already in the output directory."""
   ckpt.check_model_dir(cfg.checkpoint)
   cfg = cfg.with_checkpoint_format()
-  out_dir = Path(cfg.output_dir)
   settings = cfg.settings()
   settings["checkpoint_fingerprint"] = ckpt.fingerprint(cfg.checkpoint)
-  if out_dir.exists():
-    _check_settings(out_dir, settings)
+  if Path(cfg.output_dir).exists():
+    _check_settings(Path(cfg.output_dir), settings)
+  return cfg, settings
 
+
+def load_prompts(cfg: SampleRunConfig) -> _Prompts:
+  """Problems, tokenizer and prompts; samples already in the output directory must be of the
+  same prompts."""
+  from transformers import AutoTokenizer
   problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems)
   if not problems:
     raise ValueError(f"--dataset={cfg.dataset} holds no problems")
   tokenizer = AutoTokenizer.from_pretrained(ckpt.files_dir(cfg.checkpoint))
-  prompt_texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
-                  for p in problems]
+  texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
+           for p in problems]
   add_special = templates.ADD_SPECIAL_TOKENS[cfg.template]
-  prompt_ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in prompt_texts]
-  _check_records(read_records(out_dir) if out_dir.exists() else {}, problems, prompt_texts)
+  ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+  out_dir = Path(cfg.output_dir)
+  _check_records(read_records(out_dir) if out_dir.exists() else {}, problems, texts)
+  return _Prompts(problems, texts, ids, tokenizer)
 
-  rank, world = jax.process_index(), jax.process_count()
+
+def load_engine(cfg: SampleRunConfig, tokenizer) -> tuple[Engine, Any]:
+  """The engine holding the checkpoint's weights (on a mesh over this process's devices), and
+  the model config."""
   mesh = (mesh_lib.make_mesh(cfg.mesh_shape, devices=jax.local_devices()) if cfg.mesh_shape
           else None)
   overrides = {"compute_dtype": cfg.compute_dtype}
@@ -219,31 +281,49 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
       stop_strings=cfg.all_stop_strings), mesh=mesh, donate=True,
       detokenize=detokenize)
   del params   # donated: the engine holds the only copy of the weights
-  sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  if not _check_settings(out_dir, settings):   # every input has loaded: the run is real
-    _write_settings(out_dir, settings)
+  return engine, model_cfg
 
+
+def plan_problems(out_dir: Path, settings: dict[str, Any], problems) -> _Plan:
+  """Creates the run directory (settings.json: every input has loaded, the run is real) and
+  picks this process's problems not yet in it."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if not _check_settings(out_dir, settings):
+    _write_settings(out_dir, settings)
+  rank, world = jax.process_index(), jax.process_count()
   done = set(read_records(out_dir))
   store = JsonlStore(out_dir / samples_file(rank, world))
   mine = [i for i in range(len(problems)) if i % world == rank]
   todo = [i for i in mine if problems[i].id not in done]
-  bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
-             desc="problems" if world == 1 else f"problems (process {rank})", unit="problem",
-             disable=not show_progress)
+  return _Plan(rank, world, mine, todo, store)
+
+
+def _graded_record(problem, prompt: str, samples, grader: Grader) -> dict[str, Any]:
+  """One problem's line of samples.jsonl: its samples, graded, with their token counts."""
+  rec = records_lib.make_records([problem], [samples.texts], grader)[0]
+  rec["prompt"] = prompt
+  rec["question"] = problem.question
+  for sample, tokens, finished in zip(rec["samples"], samples.tokens, samples.finished):
+    sample["num_tokens"] = len(tokens)
+    sample["finished"] = finished
+  return rec
+
+
+def sample_and_grade(cfg: SampleRunConfig, engine: Engine, prompts: _Prompts, plan: _Plan,
+                     show_progress: bool = True) -> float:
+  """Samples the planned problems; each is graded and appended as soon as its last sample ends.
+  Returns the seconds spent grading and writing."""
+  todo, problems = plan.todo, prompts.problems
+  bar = tqdm(total=len(plan.mine), initial=len(plan.mine) - len(todo),
+             desc="problems" if plan.world == 1 else f"problems (process {plan.rank})",
+             unit="problem", disable=not show_progress)
   grade_s = 0.0
   with Grader(num_workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s) as grader:
     def finish(k: int, samples) -> None:
       nonlocal grade_s
       tic = time.perf_counter()
       i = todo[k]
-      rec = records_lib.make_records([problems[i]], [samples.texts], grader)[0]
-      rec["prompt"] = prompt_texts[i]
-      rec["question"] = problems[i].question
-      for sample, tokens, finished in zip(rec["samples"], samples.tokens, samples.finished):
-        sample["num_tokens"] = len(tokens)
-        sample["finished"] = finished
-      store.append(rec)
+      plan.store.append(_graded_record(problems[i], prompts.texts[i], samples, grader))
       grade_s += time.perf_counter() - tic
       bar.update()
       st = engine.stats
@@ -251,32 +331,34 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
         bar.set_postfix(tok_s=f"{st.useful_tokens / (st.decode_s + st.prefill_s):.0f}",
                         util=f"{st.utilisation:.2f}")
 
-    engine.generate([prompt_ids[i] for i in todo], [problems[i].id for i in todo],
+    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
+    engine.generate([prompts.ids[i] for i in todo], [problems[i].id for i in todo],
                     cfg.num_samples, sampling, cfg.seed, on_problem=finish)
   bar.close()
-  store.close()
+  plan.store.close()
+  return grade_s
 
+
+def _speed_of_every_process(engine: Engine, world: int) -> tuple[np.ndarray, np.ndarray]:
+  """New tokens and decode seconds of each process; with several, also a barrier: every
+  samples file is complete."""
   st = engine.stats
   tokens = np.array([st.useful_tokens], np.int64)
   seconds = np.array([st.decode_s + st.prefill_s], np.float64)
-  if world > 1:      # every process's tokens and seconds; also a barrier: all files are complete
+  if world > 1:
     tokens = np.asarray(multihost_utils.process_allgather(tokens)).reshape(world)
     seconds = np.asarray(multihost_utils.process_allgather(seconds)).reshape(world)
-  by_id = read_records(out_dir)
-  missing = [p.id for p in problems if p.id not in by_id]
-  if missing:
-    raise RuntimeError(f"{len(missing)} problems have no samples in {out_dir} (first: "
-                       f"{missing[0]}); is the output directory shared by every host?")
-  ordered = [by_id[p.id] for p in problems]
-  summary = metrics.summarize(ordered)
-  extra = set(by_id) - {p.id for p in problems}
-  summary["settings"] = settings
-  summary["model"] = {"checkpoint": settings["checkpoint"], "params": model_cfg.num_params()}
+  return tokens, seconds
+
+
+def _this_run(engine: Engine, plan: _Plan, grade_s: float) -> dict[str, Any]:
+  """Speed of this invocation (not part of the result), less its wall time."""
+  tokens, seconds = _speed_of_every_process(engine, plan.world)
+  st = engine.stats
   per_process = [float(t) / float(s) if s else 0.0 for t, s in zip(tokens, seconds)]
-  summary["this_run"] = {   # speed of this invocation (not part of the result)
-      "wall_s": round(time.perf_counter() - start, 2),
-      "processes": world,
-      "sampled_problems": len(todo),      # this process, this invocation (0: all were done)
+  return {
+      "processes": plan.world,
+      "sampled_problems": len(plan.todo),   # this process, this invocation (0: all were done)
       "new_tokens": int(tokens.sum()),
       "decode_s": round(float(seconds.max()), 2),
       "tokens_per_s": round(sum(per_process), 1) if seconds.any() else None,   # all processes
@@ -288,10 +370,39 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
       "engine": st.as_dict(),
       "compiled_programs": sorted(map(str, engine.compiled_shapes)),
   }
+
+
+def summarise(out_dir: Path, problems, settings: dict[str, Any], model_cfg,
+              this_run: dict[str, Any], start: float) -> dict[str, Any]:
+  """Metrics over every problem's samples in `out_dir` (all processes'), with this run's speed
+  and wall time since `start`; process 0 writes them."""
+  by_id = read_records(out_dir)
+  missing = [p.id for p in problems if p.id not in by_id]
+  if missing:
+    raise RuntimeError(f"{len(missing)} problems have no samples in {out_dir} (first: "
+                       f"{missing[0]}); is the output directory shared by every host?")
+  summary = metrics.summarize([by_id[p.id] for p in problems])
+  extra = set(by_id) - {p.id for p in problems}
+  summary["settings"] = settings
+  summary["model"] = {"checkpoint": settings["checkpoint"], "params": model_cfg.num_params()}
+  summary["this_run"] = {"wall_s": round(time.perf_counter() - start, 2), **this_run}
   # a directory that holds more problems than asked now keeps its summary.json: the subset is
   # summarised into its own file
   summary_path = out_dir / (SUMMARY_FILE if not extra else f"summary.first-{len(problems)}.json")
   summary["this_run"]["summary_file"] = str(summary_path)
-  if rank == 0:
+  if jax.process_index() == 0:
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
   return summary
+
+
+def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
+  """Samples, grades and summarises; returns the summary (also written to summary.json)."""
+  start = time.perf_counter()
+  cfg, settings = resolve_settings(cfg)
+  prompts = load_prompts(cfg)
+  engine, model_cfg = load_engine(cfg, prompts.tokenizer)
+  out_dir = Path(cfg.output_dir)
+  plan = plan_problems(out_dir, settings, prompts.problems)
+  grade_s = sample_and_grade(cfg, engine, prompts, plan, show_progress)
+  this_run = _this_run(engine, plan, grade_s)
+  return summarise(out_dir, prompts.problems, settings, model_cfg, this_run, start)

@@ -46,9 +46,9 @@ def test_two_processes_split_problems_and_agree_with_one(byte_tokenizer, tmp_pat
   port = _free_port()
   multi = tmp_path / "multi"
   procs = [subprocess.Popen(
-      _cmd(model, data, multi, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={pid}"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for pid in range(2)]
+      _cmd(model, data, multi, f"--distributed.coordinator_address=127.0.0.1:{port}",
+           "--distributed.num_processes=2", f"--distributed.process_id={pid}"), cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
