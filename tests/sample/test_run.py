@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from absl import flags
 
+from mathjax_sft import cli, configtree
 from mathjax_sft.sample import run as run_lib
 from mathjax_sft.jsonl_store import JsonlStore
 
@@ -75,3 +77,62 @@ def test_changed_settings_refuse_to_mix_runs(tmp_path):
   (tmp_path / run_lib.SETTINGS_FILE).write_text(json.dumps({"temperature": 0.2}))
   with pytest.raises(ValueError, match="holds a run with other settings"):
     run_lib._check_settings(tmp_path, {"temperature": 0.7})
+
+
+def _tool(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "tools/sample.py", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_config_field_with_its_doc():
+  proc = _tool("--help")
+  squeezed = "".join(proc.stdout.split())     # --help wraps lines (also at hyphens)
+  leaves = configtree.leaves(run_lib.SampleRunConfig)
+  assert {"distributed.coordinator_address", "compilation_cache", "mesh_shape"} <= {
+      l.path for l in leaves}
+  for leaf in leaves:
+    assert f"--{leaf.path}:" in proc.stdout, leaf.path
+    assert leaf.doc and "".join(leaf.doc.split()) in squeezed, leaf.path
+  assert "(default: '0.7')" in proc.stdout and "--[no]report:" in proc.stdout
+
+
+@pytest.mark.parametrize("arg, named", [("--temprature=0.5", "temprature"),
+                                        ("--template=llama", "--template=llama"),
+                                        ("--distributed.mode=maybe", "--distributed.mode"),
+                                        ("--coordinator_address=h:1", "coordinator_address")])
+def test_a_command_line_mistake_is_one_line_naming_the_flag(arg, named, tmp_path):
+  proc = _tool(f"--output_dir={tmp_path}", arg)
+  assert proc.returncode != 0 and not proc.stdout
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and named in lines[0], proc.stderr
+
+
+def _parsed(*args):
+  fv = flags.FlagValues()
+  tree = cli.TreeFlags(run_lib.SampleRunConfig, flag_values=fv)
+  fv(["prog", "--output_dir=o", *args])
+  return tree.value()
+
+
+def test_flags_build_the_config_as_before():
+  """The old flag spellings give the same config (mesh and stop strings comma-separated)."""
+  cfg = _parsed("--mesh_shape=1,1,-1", "--stop_strings=Q:,A:", "--rows=8", "--template=xwin",
+                "--distributed.num_processes=2", "--compilation_cache=/c")
+  assert cfg == run_lib.SampleRunConfig(
+      output_dir="o", mesh_shape=(1, 1, -1), stop_strings=("Q:", "A:"), rows=8, template="xwin",
+      distributed=run_lib.DistributedConfig(num_processes=2), compilation_cache="/c")
+  assert cfg.checkpoint == "runs/smollm2-135m" and cfg.dataset == "gsm8k"
+  assert _parsed("--mesh_shape=").mesh_shape is None
+  assert _parsed() == run_lib.SampleRunConfig(output_dir="o")
+
+
+def test_settings_keep_their_keys():
+  """A run directory written before keeps resuming: settings() has the same fields."""
+  cfg = run_lib.SampleRunConfig(checkpoint="ck", output_dir="o", stop_strings=("Q:",),
+                                mesh_shape=(2,), compilation_cache="/c")
+  assert cfg.settings() == {
+      "checkpoint": str(Path("ck").absolute()), "dataset": "gsm8k", "num_samples": 64,
+      "temperature": 0.7, "top_p": 1.0, "top_k": 0, "max_new_tokens": 512, "seed": 0,
+      "template": None, "system_prompt": None, "stop_strings": ["Q:"],
+      "compute_dtype": "float32", "param_dtype": None}
