@@ -18,9 +18,8 @@ mathjax_sft.sample.run.SampleRunConfig, with its doc and default.
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from mathjax_sft import cli, distributed, logs
 from mathjax_sft.sample import run as run_lib
@@ -31,14 +30,6 @@ flags.DEFINE_alias("stop", "stop_strings")
 _REPORT = flags.DEFINE_bool("report", False, "Print per problem the question, the gold answer, "
                             "how many samples were right and one right sample, then the metrics "
                             "(instead of the JSON brief).")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """A command-line mistake is one line naming the flag (no traceback, no usage text)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"{pathlib.Path(argv[0]).name}: {' '.join(str(e).split())} (--help lists the flags)")
 
 
 def main(argv):
@@ -76,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)
