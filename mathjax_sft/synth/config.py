@@ -1,9 +1,13 @@
-"""Settings of one synthesis run: a frozen dataclass (never holds the API key)."""
+"""Settings of one synthesis run: a frozen config tree (never holds the API key).
+
+Each field carries its default and its doc; tools/synthesize.py generates its flags from them."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+
+from mathjax_sft.configtree import setting
 
 DATASET_FORMATS = ("gsm8k", "math")
 MODES = ("online", "batch")
@@ -14,62 +18,90 @@ class SynthConfig:
   """Everything `run` needs. The API key is deliberately not a field: it is read from
   $OPENAI_API_KEY when the client is built, so a config can be logged or saved safely."""
 
-  input_path: Path
-  dataset_format: str
-  output_dir: Path
-  model: str
-  base_url: str | None = None
-  mode: str = "online"
-  per_reference: int = 3
-  limit_references: int = 0          # 0 = every reference in the input
-  max_concurrency: int = 16          # rows (hence requests) in flight at once, online mode
+  input_path: Path = setting(doc="JSONL file of reference rows (GSM8K: question/answer; MATH: "
+                             "problem/solution/type/level/unique_id).")
+  dataset_format: str = setting(doc="Format of the references and of the generated rows: gsm8k "
+                                "(answer ends with '#### n') or math (solution with \\boxed{}).",
+                                choices=DATASET_FORMATS)
+  output_dir: Path = setting(doc="Directory for rows.jsonl (finished rows), failures.jsonl (id, "
+                             "step, reason), usage.json (requests, tokens, cost, removals) and "
+                             "synth.log. Re-use it to resume.")
+  model: str = setting(doc="Model name sent with every request, e.g. gpt-4-turbo.")
+  base_url: str | None = setting(None, "OpenAI-compatible API base URL, e.g. "
+                                 "http://127.0.0.1:8000/v1 (default: the openai client's default, "
+                                 "api.openai.com).")
+  mode: str = setting("online", "online: chat requests as we go; batch: OpenAI Batch API (upload, "
+                      "poll, download per step; half price, up to 24 h per step).", choices=MODES)
+  per_reference: int = setting(3, "New questions (rows) per reference: K; the k-th uses "
+                               "temperature temperatures[k % len] and its own seed.")
+  limit_references: int = setting(0, "Use only the first N distinct references (0 = all).")
+  max_concurrency: int = setting(16, "Online mode: rows in flight at once, hence the most requests "
+                                 "in flight.")
 
   # Sampling. Step 1 uses temperatures[k % len] and seed + k for the k-th new question.
-  temperatures: tuple[float, ...] = (0.7, 0.9, 1.0)
-  verify_temperature: float = 0.0
-  answer_temperature: float = 0.0
-  seed: int = 0
-  max_tokens_question: int = 512
-  max_tokens_verify: int = 1536
-  max_tokens_answer: int = 1536
+  temperatures: tuple[float, ...] = setting((0.7, 0.9, 1.0), "Step-1 sampling temperatures, "
+                                            "cycled over k.")
+  verify_temperature: float = setting(0.0, "Step-2 (verify) temperature.")
+  answer_temperature: float = setting(0.0, "Step-3 (answer) temperature.")
+  seed: int = setting(0, "Base of the per-row sampling seeds (seed + hash of row id).")
+  max_tokens_question: int = setting(512, "max_tokens of step 1.")
+  max_tokens_verify: int = setting(1536, "max_tokens of step 2.")
+  max_tokens_answer: int = setting(1536, "max_tokens of step 3.")
 
   # Transport: rate limits, timeouts, retries.
-  requests_per_minute: float = 500.0  # 0 = unlimited
-  tokens_per_minute: float = 300_000.0  # 0 = unlimited
-  request_timeout: float = 120.0
-  max_attempts: int = 6              # HTTP attempts per request (429 / 5xx / timeout / connection)
-  backoff_base: float = 1.0
-  backoff_max: float = 60.0
-  max_retry_after: float = 300.0     # longest server-requested wait we honour
-  max_reply_retries: int = 2         # extra samples when a reply is empty / malformed / badly formatted
-  max_consecutive_failures: int = 200  # abort (without recording) when the endpoint looks down
-  retry_rejected: bool = False       # also ask again rows that failed for a quality reason
-                                     # (transport failures are always asked again)
+  requests_per_minute: float = setting(500.0, "Client-side request rate limit (token bucket; "
+                                       "0 = none).")
+  tokens_per_minute: float = setting(300_000.0, "Client-side token rate limit: prompt estimate + "
+                                     "max_tokens per request, settled with real usage (0 = none).")
+  request_timeout: float = setting(120.0, "Seconds before a request counts as timed out (then "
+                                   "retried).")
+  max_attempts: int = setting(6, "HTTP attempts per request on 429 / 5xx / timeout / connection "
+                              "error / malformed body before the row fails.")
+  backoff_base: float = setting(1.0, "Exponential backoff base in seconds (equal jitter); a server "
+                                "Retry-After replaces it.")
+  backoff_max: float = setting(60.0, "Longest backoff between attempts, seconds.")
+  max_retry_after: float = setting(300.0, "Longest server Retry-After honoured, seconds.")
+  max_reply_retries: int = setting(2, "Re-samples (new seed) when a reply is empty, unparseable or "
+                                   "fails the answer format check.")
+  max_consecutive_failures: int = setting(200, "Abort (exit 3) when this many rows in a row fail "
+                                          "for transport reasons (0 = never).")
+  retry_rejected: bool = setting(False, "Also ask again rows that failed for a quality reason "
+                                 "(verify rejected, duplicate, contaminated, answer format); rows "
+                                 "that failed for a transport reason are always asked again.")
 
   # Cost estimate, USD per 1M tokens (defaults: GPT-4 Turbo list prices).
-  price_prompt_per_million: float = 10.0
-  price_completion_per_million: float = 30.0
-  batch_discount: float = 0.5
+  price_prompt_per_million: float = setting(10.0, "USD per 1M prompt tokens for the cost estimate "
+                                            "(default: GPT-4 Turbo).")
+  price_completion_per_million: float = setting(30.0, "USD per 1M completion tokens for the cost "
+                                                "estimate.")
+  batch_discount: float = setting(0.5, "Price factor applied in batch mode.")
 
   # Quality filters.
-  dedup_ngram: int = 3
-  dedup_threshold: float = 0.8
-  dedup_against_references: bool = True
-  decontam_files: tuple[Path, ...] = ()
-  decontam_ngram: int = 13
-  decontam_jaccard_ngram: int = 8
-  decontam_jaccard_threshold: float = 0.5
+  dedup_ngram: int = setting(3, "Word n-gram size for near-duplicate Jaccard.")
+  dedup_threshold: float = setting(0.8, "Jaccard at or above which a generated question is a "
+                                   "near-duplicate of an earlier one.")
+  dedup_against_references: bool = setting(True, "Also drop questions that (near-)copy a reference "
+                                           "question.")
+  decontam_files: tuple[Path, ...] = setting((), "Benchmark test JSONL files (question or problem "
+                                             "field) to decontaminate against; empty: none.")
+  decontam_ngram: int = setting(13, "Shared word n-gram length that marks a question contaminated "
+                                "(13 as in GPT-3 / Llama).")
+  decontam_jaccard_ngram: int = setting(8, "Word n-gram size for the Jaccard contamination rule "
+                                        "(catches short questions).")
+  decontam_jaccard_threshold: float = setting(0.5, "Jaccard with any test question at or above "
+                                              "which a question is contaminated.")
 
   # Batch mode.
-  batch_poll_interval: float = 30.0
-  batch_max_requests: int = 50_000   # requests per uploaded batch file (API limit 50k)
-  batch_max_rounds: int = 3          # re-submissions of requests that errored inside a batch
-  batch_completion_window: str = "24h"
+  batch_poll_interval: float = setting(30.0, "Batch mode: seconds between polls.")
+  batch_max_requests: int = setting(50_000, "Batch mode: requests per batch file (API limit 50000).")
+  batch_max_rounds: int = setting(3, "Batch mode: attempts per step for a row whose request "
+                                  "errored or whose reply was unusable.")
+  batch_completion_window: str = setting("24h", "Batch mode: completion window sent to the API.")
 
   # Output.
-  progress: bool = True
-  fsync: bool = True
-  usage_flush_interval: float = 10.0
+  progress: bool = setting(True, "Show a progress bar (rows done, failures, tokens).")
+  fsync: bool = setting(True, "fsync after every output line (crash-safe; leave on).")
+  usage_flush_interval: float = setting(10.0, "Seconds between usage.json snapshots.")
 
   def __post_init__(self):
     if self.dataset_format not in DATASET_FORMATS:
