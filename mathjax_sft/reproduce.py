@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mathjax_sft import configtree, paths
+from mathjax_sft.configtree import setting
 from mathjax_sft.eval import plots
 from mathjax_sft.sample import run as sample_run
 from mathjax_sft.train.config import TrainConfig
@@ -30,19 +31,23 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ReproduceConfig:
-  output_dir: str
-  base_checkpoint: str = "runs/smollm2-135m"
-  train_config: str = "configs/sft_smollm2_135m.py"   # its get_config() is the SFT recipe
-  sizes: tuple[int, ...] = (1000, 3000, 7473)
-  num_epochs: int = 3
-  max_steps: int = 0                                   # > 0 caps every SFT run (smoke runs)
-  eval_dataset: str = "gsm8k"
-  num_problems: int = 100
-  num_samples: int = 64
-  temperature: float = 0.7
-  max_new_tokens: int = 320
-  sample_dtype: str = "bfloat16"
-  rows: int | None = None            # sampler pool (None: tools/sample.py's default)
+  """Settings of `run` (tools/reproduce.py's flags)."""
+  output_dir: str = setting("runs/reproduce", "Folder for every stage's output.")
+  base_checkpoint: str = setting("runs/smollm2-135m", "Starting checkpoint dir.")
+  train_config: str = setting("configs/sft_smollm2_135m.py", "SFT recipe: a train config file "
+                              "whose get_config() is the recipe.")
+  sizes: tuple[int, ...] = setting((1000, 3000, 7473), "SFT data sizes: first K rows of GSM8K "
+                                   "train.")
+  num_epochs: int = setting(3, "Epochs for every size (the same for all).")
+  max_steps: int = setting(0, "> 0 caps every SFT run (smoke runs).")
+  eval_dataset: str = setting("gsm8k", "Evaluation set (see tools/sample.py).")
+  num_problems: int = setting(100, "First K evaluation problems.")
+  num_samples: int = setting(64, "N samples per problem.")
+  temperature: float = setting(0.7, "Sampling temperature.")
+  max_new_tokens: int = setting(320, "Token budget per sample.")
+  sample_dtype: str = setting("bfloat16", "Weights/compute dtype while sampling.",
+                              choices=("float32", "bfloat16"))
+  rows: int | None = setting(None, "Sampler decode rows (default: tools/sample.py's).")
 
 
 def _subset(k: int, out: Path) -> Path:

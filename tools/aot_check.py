@@ -18,7 +18,6 @@ else from its model.preset.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -29,52 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from absl import app, flags  # noqa: E402
 
 from mathjax_sft import cli, configtree  # noqa: E402
-from mathjax_sft.sample.run import SampleRunConfig  # noqa: E402
+from mathjax_sft.aot_config import AotCheckConfig  # noqa: E402
 from mathjax_sft.train.config import TrainConfig  # noqa: E402
 
-_S = {f.name: f.default for f in dataclasses.fields(SampleRunConfig)
-      if f.default is not dataclasses.MISSING}
-
+# the train config file, with --config.PATH overrides; everything else is an AotCheckConfig field
 _CONFIG_FILE = flags.DEFINE_string("config", None, "Train config file (configs/*.py); its model, "
                                    "batch, mesh and topology are checked.", required=True)
 _OVERRIDES = cli.TreeFlags(TrainConfig, prefix="config.", overrides_only=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v4:4x4x4, v5e:4x4, v5p:4x4x4, "
-                                "v6e:8x8, ...) or cpu:N for N simulated CPU devices. Default: the "
-                                "config's `topology` field.")
-_PROGRAMS = flags.DEFINE_list("programs", ["train", "sample"], "Which programs: train, sample.")
-_HEADROOM = flags.DEFINE_float("headroom", 0.10, "Fraction of HBM that must stay free for a "
-                               "program to pass (exit status 1 otherwise).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 256, "Sampler: N samples per problem (the "
-                                    "paper's Pass@256; tools/sample.py's default is "
-                                    f"{_S['num_samples']}).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", _S["max_new_tokens"], "Sampler: longest sample.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Sampler: longest prompt of the run in "
-                                   "tokens (rounded up to a multiple of 64: the prompt pool width).")
-_ROWS = flags.DEFINE_integer("rows", None, "Sampler: decode rows in the pool (default: N, "
-                            "i.e. one problem's samples at once).")
-_SLOTS = flags.DEFINE_integer("prefix_slots", _S["prefix_slots"], "Sampler: prompts resident at "
-                             "once (default rows // N + 3).")
-_CHUNK = flags.DEFINE_integer("chunk_steps", _S["chunk_steps"], "Sampler: decode steps per "
-                              "compiled chunk.")
-_SAMPLE_DTYPE = flags.DEFINE_enum("sample_dtype", "bfloat16", ["float32", "bfloat16"],
-                                  "Sampler: weights, compute and KV cache dtype (on TPU / GPU: "
-                                  "bfloat16; tools/sample.py --compute_dtype / --param_dtype).")
-_SAMPLE_MESH = flags.DEFINE_list("sample_mesh_shape", ["1", "1", "-1"], "Sampler: data,fsdp,tensor "
-                                 "mesh over one host's devices (tools/sample.py --mesh_shape); empty: "
-                                 "one device. v4 counts each TensorCore as a device.")
-_OUTPUT = flags.DEFINE_string("output", None, "Also append the JSON lines to this file.")
+_CHECK = cli.TreeFlags(AotCheckConfig)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c = _OVERRIDES.value(configtree.load_file(_CONFIG_FILE.value, TrainConfig))
-  topology = _TOPOLOGY.value or c.mesh.topology
+  a = _CHECK.value()
+  topology = a.topology or c.mesh.topology
   if not topology:
-    raise app.UsageError("no --topology and the config names none (its `topology` field)")
-  unknown = set(_PROGRAMS.value) - {"train", "sample"}
-  if unknown:
-    raise app.UsageError(f"--programs: unknown {sorted(unknown)}; known: train, sample")
+    raise app.UsageError("no --topology and the config names none (its mesh.topology)")
   if topology.startswith("cpu"):
     count = topology.split(":", 1)[1] if ":" in topology else "8"
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={count}")
@@ -103,34 +74,34 @@ def main(argv):
   tgt = aot.target(topology)
   cfg = model_setup.model_config(c.model)
   reports = []
-  if "train" in _PROGRAMS.value:
+  if "train" in a.programs:
     reports.append(aot.check_train(cfg, tgt, tuple(c.mesh.shape), c.batch_size, c.data.seq_len,
                                    c.grad_accum_steps))
-    _emit(reports[-1], aot)
-  if "sample" in _PROGRAMS.value:
-    dtype = _SAMPLE_DTYPE.value
+    _emit(reports[-1], aot, a.output)
+  if "sample" in a.programs:
+    dtype = a.sample_dtype
     scfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype, scan_layers=False, remat=False)
-    mesh = tuple(int(s) for s in _SAMPLE_MESH.value) if _SAMPLE_MESH.value else None
-    ecfg = EngineConfig(max_new_tokens=_MAX_NEW.value, rows=_ROWS.value,
-                        prefix_slots=_SLOTS.value, chunk_steps=_CHUNK.value)
-    for r in aot.check_sample(scfg, tgt, mesh, ecfg, _NUM_SAMPLES.value, _PROMPT_LEN.value):
+    mesh = a.sample_mesh_shape or None
+    ecfg = EngineConfig(max_new_tokens=a.max_new_tokens, rows=a.rows,
+                        prefix_slots=a.prefix_slots, chunk_steps=a.chunk_steps)
+    for r in aot.check_sample(scfg, tgt, mesh, ecfg, a.num_samples, a.prompt_len):
       reports.append(r)
-      _emit(r, aot)
+      _emit(r, aot, a.output)
   bad = [r.program for r in reports if r.hbm_bytes is not None
-         and not aot.fits_with_headroom(r, _HEADROOM.value)]
+         and not aot.fits_with_headroom(r, a.headroom)]
   if bad:
-    print(f"aot_check: {', '.join(bad)} leave less than {100 * _HEADROOM.value:.0f}% of HBM free "
+    print(f"aot_check: {', '.join(bad)} leave less than {100 * a.headroom:.0f}% of HBM free "
           f"on {topology}", file=sys.stderr)
     sys.exit(1)
 
 
-def _emit(report, aot) -> None:
+def _emit(report, aot, output: str | None) -> None:
   line = json.dumps({"config": _CONFIG_FILE.value,
                      **report.to_json()})
   print(line, flush=True)
   print(aot.human(report), file=sys.stderr, flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "a", encoding="utf-8") as f:
+  if output:
+    with open(output, "a", encoding="utf-8") as f:
       f.write(line + "\n")
 
 
