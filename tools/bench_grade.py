@@ -20,29 +20,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 
+from mathjax_sft import cli  # noqa: E402
 from mathjax_sft.eval import grade_bench  # noqa: E402
 
-_WORKERS = flags.DEFINE_integer("grader_workers", 2, "Grading worker processes.")
-_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer (s).")
-_VERIFY = flags.DEFINE_string("verify_fn", None, "The workers' comparison, module:function "
-                              "(default: the grader's own).")
-_SETS = flags.DEFINE_list("sets", list(grade_bench.SETS), "Which sets to grade.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Only the first K problems of each test set.")
-_LISTED = flags.DEFINE_integer("max_listed", 100, "Cases graded against expectation listed per "
-                               "set (all are counted).")
-_OUTPUT = flags.DEFINE_string("output", None, "Also write the JSON to this file.")
+_CONFIG = cli.TreeFlags(grade_bench.GradeBenchConfig)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  result = grade_bench.run(_WORKERS.value, _TIMEOUT.value, _VERIFY.value, _SETS.value,
-                           _LIMIT.value, _LISTED.value)
+  c = _CONFIG.value()
+  result = grade_bench.run_config(c)
   text = json.dumps(result, indent=1, ensure_ascii=False)
-  if _OUTPUT.value:
-    Path(_OUTPUT.value).write_text(text + "\n", encoding="utf-8")
+  if c.output:
+    Path(c.output).write_text(text + "\n", encoding="utf-8")
   print(text)
 
 

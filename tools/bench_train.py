@@ -22,23 +22,11 @@ import time
 import numpy as np
 from absl import app, flags
 
-from mathjax_sft import hardware
-from mathjax_sft.model.config import REMAT_POLICIES, preset
+from mathjax_sft import cli, hardware
+from mathjax_sft.model.config import preset
 from mathjax_sft.train import benchmark, metrics
 
-_MODEL = flags.DEFINE_string("model", "smollm2-135m", "model preset")
-_BATCH = flags.DEFINE_integer("batch_size", 4, "sequences per step")
-_SEQ = flags.DEFINE_integer("seq_len", 512, "tokens per sequence")
-_ROUNDS = flags.DEFINE_integer("rounds", 2, "timed rounds (one phase of each side per round)")
-_PHASE = flags.DEFINE_integer("phase_steps", 3, "consecutive steps of one side per phase")
-_COMPUTE = flags.DEFINE_enum("compute_dtype", "bfloat16", ["float32", "bfloat16"],
-                             "our matmul dtype (master weights and Adam state stay f32)")
-_SCAN = flags.DEFINE_bool("scan_layers", True, "lax.scan over layers (else unrolled); the "
-                          "default matches configs/sft_smollm2_135m.py")
-_REMAT = flags.DEFINE_bool("remat", True, "rematerialise layers in the backward pass")
-_POLICY = flags.DEFINE_enum("remat_policy", "dots", list(REMAT_POLICIES),
-                            "with --remat: what a layer keeps from its forward pass")
-_TORCH = flags.DEFINE_bool("torch", True, "also time the PyTorch loop")
+_CONFIG = cli.TreeFlags(benchmark.BenchTrainConfig)
 _WORKER = flags.DEFINE_bool("torch_worker", False, "internal: be the PyTorch child process")
 _LR = 1e-5
 
@@ -74,17 +62,18 @@ class TorchLoop:
 
 def torch_worker() -> None:
   """Child process: builds the loop, then runs one step per line on stdin, answering seconds."""
-  cfg = preset(_MODEL.value, param_dtype="float32")
-  loop = TorchLoop(cfg, _BATCH.value, _SEQ.value, os.cpu_count())
+  c = _CONFIG.value()
+  cfg = preset(c.model, param_dtype="float32")
+  loop = TorchLoop(cfg, c.batch_size, c.seq_len, os.cpu_count())
   print("ready", flush=True)
   for _ in sys.stdin:
     print(loop.step(), flush=True)
 
 
 class TorchChild:
-  def __init__(self):
-    args = [sys.executable, os.path.abspath(__file__), "--torch_worker", f"--model={_MODEL.value}",
-            f"--batch_size={_BATCH.value}", f"--seq_len={_SEQ.value}"]
+  def __init__(self, c):
+    args = [sys.executable, os.path.abspath(__file__), "--torch_worker", f"--model={c.model}",
+            f"--batch_size={c.batch_size}", f"--seq_len={c.seq_len}"]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=env)
@@ -107,36 +96,37 @@ def main(argv):
     torch_worker()
     return
   import jax
-  cfg = preset(_MODEL.value, param_dtype="float32", compute_dtype=_COMPUTE.value,
-               scan_layers=_SCAN.value, remat=_REMAT.value, remat_policy=_POLICY.value)
-  ours = benchmark.StepTimer(cfg, _BATCH.value, _SEQ.value, learning_rate=_LR)
-  ref = TorchChild() if _TORCH.value else None
+  c = _CONFIG.value()
+  cfg = preset(c.model, param_dtype="float32", compute_dtype=c.compute_dtype,
+               scan_layers=c.scan_layers, remat=c.remat, remat_policy=c.remat_policy)
+  ours = benchmark.StepTimer(cfg, c.batch_size, c.seq_len, learning_rate=_LR)
+  ref = TorchChild(c) if c.torch else None
   jax_s, torch_s, peaks, peaks_f32, loads = [], [], [], [], []
-  for _ in range(_ROUNDS.value):
-    peaks.append(hardware.measure_matmul_peak(_COMPUTE.value, n=2048, repeats=5))
+  for _ in range(c.rounds):
+    peaks.append(hardware.measure_matmul_peak(c.compute_dtype, n=2048, repeats=5))
     peaks_f32.append(hardware.measure_matmul_peak("float32", n=2048, repeats=5))
     ours.step()                                   # untimed: back in steady state
-    jax_s += [ours.step() for _ in range(_PHASE.value)]
+    jax_s += [ours.step() for _ in range(c.phase_steps)]
     if ref is not None:
       ref.step()
-      torch_s += [ref.step() for _ in range(_PHASE.value)]
+      torch_s += [ref.step() for _ in range(c.phase_steps)]
     loads.append(os.getloadavg()[0])
   torch_rss = None
   if ref is not None:
     ref.close()
     torch_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024   # KiB on Linux
-  fpt = cfg.flops_per_token(_SEQ.value)
+  fpt = cfg.flops_per_token(c.seq_len)
   n = jax.device_count()
   tps = lambda s: ours.tokens_per_step / s
   result = {
-      "model": _MODEL.value, "batch_size": _BATCH.value, "seq_len": _SEQ.value,
-      "compute_dtype": _COMPUTE.value, "master_dtype": "float32", "scan_layers": _SCAN.value,
-      "remat": _REMAT.value, "remat_policy": _POLICY.value, "devices": [str(d) for d in jax.devices()],
-      "cpu_count": os.cpu_count(), "load_avg_1m": loads, "rounds": _ROUNDS.value, "phase_steps": _PHASE.value,
+      "model": c.model, "batch_size": c.batch_size, "seq_len": c.seq_len,
+      "compute_dtype": c.compute_dtype, "master_dtype": "float32", "scan_layers": c.scan_layers,
+      "remat": c.remat, "remat_policy": c.remat_policy, "devices": [str(d) for d in jax.devices()],
+      "cpu_count": os.cpu_count(), "load_avg_1m": loads, "rounds": c.rounds, "phase_steps": c.phase_steps,
       "flops_per_token": fpt,
       "jax_tokens_per_s_best": tps(min(jax_s)), "jax_tokens_per_s_median": tps(np.median(jax_s)),
       "jax_first_step_s": ours.first_step_s,
-      "matmul_peak_flops": max(peaks), "matmul_peak_dtype": f"{_COMPUTE.value} (f32 accumulate)",
+      "matmul_peak_flops": max(peaks), "matmul_peak_dtype": f"{c.compute_dtype} (f32 accumulate)",
       "matmul_peak_flops_f32": max(peaks_f32),
       "jax_mfu": metrics.mfu(fpt, tps(min(jax_s)), max(peaks), n),
       "jax_mfu_vs_f32_peak": metrics.mfu(fpt, tps(min(jax_s)), max(peaks_f32), n),

@@ -24,12 +24,14 @@ expectation (false credits of the near-miss sets, missed credits of the others).
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import re
 import time
 import zlib
 from typing import Any, Callable, Sequence
 
+from mathjax_sft.configtree import setting
 from mathjax_sft.eval import answers
 from mathjax_sft.eval.grade import Grader
 from mathjax_sft.eval.problems import Problem, load_problems
@@ -47,6 +49,26 @@ _EXACT_TOKENS_RE = re.compile(
 _INT_FRACTION_RE = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
 _RADICAL_RE = re.compile(r"^(\d+)\\sqrt\{?(\d+)\}?$")
 _PLAIN_VALUE_RE = re.compile(r"^-?(?:\d+|\\[dt]?frac\{\d+\}\{\d+\}|\d*\\sqrt\{?\d+\}?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradeBenchConfig:
+  """Settings of one grading benchmark (tools/bench_grade.py's flags); `run_config` runs it."""
+  grader_workers: int = setting(2, "Grading worker processes.")
+  grade_timeout_s: float = setting(10.0, "Time limit per graded answer (s).")
+  verify_fn: str | None = setting(None, "The workers' comparison, module:function (default: the "
+                                  "grader's own).")
+  sets: tuple[str, ...] = setting(SETS, "Which sets to grade.", choices=SETS)
+  limit: int | None = setting(None, "Only the first K problems of each test set.")
+  max_listed: int = setting(100, "Cases graded against expectation listed per set (all are "
+                            "counted).")
+  output: str | None = setting(None, "Also write the JSON to this file.")
+
+
+def run_config(c: GradeBenchConfig, **kwargs: Any) -> dict[str, Any]:
+  """`run` with the settings of `c` (kwargs: run's other arguments, e.g. loader)."""
+  return run(c.grader_workers, c.grade_timeout_s, c.verify_fn, c.sets, c.limit, c.max_listed,
+             **kwargs)
 
 
 def model_text(answer: str) -> str:

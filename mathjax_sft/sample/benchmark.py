@@ -8,6 +8,7 @@ is a reference only: it is imported here, never by the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,12 +21,45 @@ from typing import Any
 import numpy as np
 
 from mathjax_sft import paths
+from mathjax_sft.configtree import setting
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.data import templates
 from mathjax_sft.eval import problems as problems_lib
 from mathjax_sft.sample.engine import Engine, EngineConfig, step_flops
 from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.hardware import measure_matmul_peak
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSampleConfig:
+  """Settings of one benchmark run (tools/bench_sample.py's flags); `run_config` runs it."""
+  workload: str = setting("gsm8k", "gsm8k: K problems x N through tools/sample.py; decode: the "
+                          "engine's decode loop alone.", choices=("gsm8k", "decode"))
+  checkpoint: str = setting("runs/smollm2-135m", "Converted SmolLM2 checkpoint (`make convert`); "
+                            "the reference reads the same GGUF.")
+  num_problems: int = setting(8, "gsm8k: K, the first K GSM8K test problems.")
+  num_prompts: int = setting(1, "decode: GSM8K prompts timed (one more warms up).")
+  num_samples: int = setting(64, "N samples per prompt.")
+  max_new_tokens: int = setting(320, "Token budget per sample.")
+  temperature: float = setting(0.7, "Sampling temperature (both sides).")
+  threads: int = setting(2, "torch intra-op threads (XLA uses all cores).")
+  compute_dtype: str = setting("float32", "decode: our weights/compute dtype (the reference stays "
+                               "float32).", choices=("float32", "bfloat16"))
+  repo: str = setting(".", "gsm8k: the checkout whose tools/sample.py is timed.")
+  output_dir: str | None = setting(None, "gsm8k: keep our run directories here and in "
+                                   "<output_dir>_after_reference (default: temporary ones); both "
+                                   "must be new or empty, or tools/sample.py would resume instead "
+                                   "of sampling.")
+  skip_reference: bool = setting(False, "Time only our sampler.")
+
+
+def run_config(c: BenchSampleConfig) -> dict[str, Any]:
+  """The benchmark `c.workload` with the settings of `c`."""
+  if c.workload == "gsm8k":
+    return run_workload(c.checkpoint, c.num_problems, c.num_samples, c.max_new_tokens,
+                        c.temperature, c.threads, c.repo, c.skip_reference, c.output_dir)
+  return run(c.checkpoint, c.num_prompts, c.num_samples, c.max_new_tokens, c.temperature,
+             c.threads, c.compute_dtype, c.skip_reference)
 
 
 def _prompts(tokenizer, num_prompts: int) -> list[list[int]]:

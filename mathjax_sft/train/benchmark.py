@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import numpy as np
 
 from mathjax_sft import hardware
+from mathjax_sft.configtree import setting
 from mathjax_sft.model import llama
-from mathjax_sft.model.config import ModelConfig
+from mathjax_sft.model.config import REMAT_POLICIES, ModelConfig
 from mathjax_sft.sharding.mesh import make_mesh
 from mathjax_sft.train import optimizer as optimizer_lib
 from mathjax_sft.train import state as state_lib
@@ -70,3 +72,21 @@ def time_train_steps(cfg: ModelConfig, batch_size: int, seq_len: int, steps: int
   return {"step_s": step_s, "tokens_per_s": timer.tokens_per_step / step_s,
           "first_step_s": timer.first_step_s, "losses": timer.losses,
           "peak_memory_bytes": hardware.peak_memory_bytes()}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchTrainConfig:
+  """Settings of tools/bench_train.py: the model, batch and step variant timed."""
+  model: str = setting("smollm2-135m", "model preset")
+  batch_size: int = setting(4, "sequences per step")
+  seq_len: int = setting(512, "tokens per sequence")
+  rounds: int = setting(2, "timed rounds (one phase of each side per round)")
+  phase_steps: int = setting(3, "consecutive steps of one side per phase")
+  compute_dtype: str = setting("bfloat16", "our matmul dtype (master weights and Adam state stay "
+                               "f32)", choices=("float32", "bfloat16"))
+  scan_layers: bool = setting(True, "lax.scan over layers (else unrolled); the default matches "
+                              "configs/sft_smollm2_135m.py")
+  remat: bool = setting(True, "rematerialise layers in the backward pass")
+  remat_policy: str = setting("dots", "with --remat: what a layer keeps from its forward pass",
+                              choices=tuple(REMAT_POLICIES))
+  torch: bool = setting(True, "also time the PyTorch loop")

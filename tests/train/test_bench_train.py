@@ -33,6 +33,7 @@ def test_bench_train_reports_throughput_flops_and_mfu(monkeypatch, capsys):
   monkeypatch.setattr(hardware, "measure_matmul_peak", peak)
   flags = tool.flags.FLAGS
   own = [v.name for v in vars(tool).values() if isinstance(v, tool.flags.FlagHolder)]
+  own += [tool._CONFIG.prefix + leaf.path for leaf in tool._CONFIG.leaves]
   try:
     flags(["bench_train", "--model=tiny", "--batch_size=8", "--seq_len=16", "--rounds=1",
            "--phase_steps=2", "--notorch"])
