@@ -6,20 +6,12 @@ safetensors + index, generation_config.json, tokenizer) that transformers and vL
 
 import json
 
-from absl import app, flags
+from absl import app
 
-from mathjax_sft import logs
+from mathjax_sft import cli, logs
 from mathjax_sft.convert import api
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "mathjax_sft checkpoint directory "
-                                  "(config.json + params/), or a step of a training run "
-                                  "(OUT/checkpoints/<step>).", required=True)
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "HF directory to write.", required=True)
-_MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Largest safetensors shard, e.g. 5GB, "
-                                 "500MB; more than one shard adds model.safetensors.index.json.")
-
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir (only once "
-                                "the export is complete).")
+_CONFIG = cli.TreeFlags(api.ExportConfig)
 
 _UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
 
@@ -35,9 +27,10 @@ def parse_size(text: str) -> int:
 def main(argv):
   del argv
   logs.quiet(logs.absl_verbose())
-  report = api.export_checkpoint(_CHECKPOINT.value, _OUTPUT_DIR.value,
-                                 max_shard_bytes=parse_size(_MAX_SHARD.value),
-                                 overwrite=_OVERWRITE.value)
+  c = _CONFIG.value()
+  report = api.export_checkpoint(c.checkpoint, c.output_dir,
+                                 max_shard_bytes=parse_size(c.max_shard_size),
+                                 overwrite=c.overwrite)
   print(json.dumps(report, indent=2))
 
 

