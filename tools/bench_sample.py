@@ -13,7 +13,6 @@ peak measured in the same run (before and after).
 `--repo` times another checkout's `tools/sample.py` (a before/after comparison on one machine).
 """
 
-from absl import app
 
 from mathjax_sft import cli
 from mathjax_sft.sample import benchmark
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

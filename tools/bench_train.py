@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from mathjax_sft import cli, hardware
 from mathjax_sft.model.config import preset
@@ -147,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,7 +6,6 @@ safetensors + index, generation_config.json, tokenizer) that transformers and vL
 
 import json
 
-from absl import app
 
 from mathjax_sft import cli, logs
 from mathjax_sft.convert import api
@@ -35,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

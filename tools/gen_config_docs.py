@@ -8,12 +8,10 @@ and meaning, read from the trees themselves (`mathjax_sft.configtree`; never cop
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout
@@ -32,11 +30,39 @@ ENTRY_POINTS = [
     ("Sampling", "tools/sample.py", "mathjax_sft.sample.run:SampleRunConfig", "--",
      "One sampling run (`mathjax_sft.sample.run.run`). The fields in "
      "`SampleRunConfig.settings()` (checkpoint, dataset, N, sampling rule, budget, seed, prompt "
-     "format, dtypes) must not change when a run resumes."),
+     "format, dtypes) must not change when a run resumes. `--stop` is another name for "
+     "`--stop_strings`; `--report` prints the per-problem report instead of the JSON brief."),
     ("Synthesis", "tools/synthesize.py", "mathjax_sft.synth.config:SynthConfig", "--",
      "One synthesis run (`mathjax_sft.synth.run`). The API key is not a field: it is read from "
-     "`$OPENAI_API_KEY` when the client is built."),
+     "`$OPENAI_API_KEY` when the client is built. `--input` sets `input_path`; "
+     "`--decontam_files` defaults to the GSM8K and MATH test sets under the data dir (`none` "
+     "turns the check off)."),
+    ("Ahead-of-time check", "tools/aot_check.py", "mathjax_sft.aot_config:AotCheckConfig", "--",
+     "Besides these, `--config=configs/*.py` names the train config whose model, batch and mesh "
+     "are compiled, with the same `--config.PATH` overrides as `tools/train.py`."),
+    ("Reproduction", "tools/reproduce.py", "mathjax_sft.reproduce:ReproduceConfig", "--",
+     "Pass@N before and after SFT on growing slices of GSM8K train."),
+    ("Checkpoint import", "tools/convert_hf_to_flax.py", "mathjax_sft.convert.api:ImportConfig",
+     "--", "An HF directory or a GGUF file to a mathjax_sft checkpoint directory."),
+    ("Checkpoint export", "tools/convert_flax_to_hf.py", "mathjax_sft.convert.api:ExportConfig",
+     "--", "A mathjax_sft checkpoint directory to an HF directory (safetensors)."),
+    ("Regrading", "tools/grade.py", "mathjax_sft.eval.regrade:RegradeConfig", "--",
+     "Grades a run directory's samples again with the current grader."),
+    ("Pass@k plot", "tools/plot_passk.py", "mathjax_sft.eval.plots:PlotPassKConfig", "--",
+     "Figures of pass@k and of right samples per problem from sampling runs."),
+    ("Training plot", "tools/plot_train.py", "mathjax_sft.train.plots:PlotTrainConfig", "--",
+     "The loss and eval-loss curves of a training run."),
+    ("Sampler benchmark", "tools/bench_sample.py", "mathjax_sft.sample.benchmark:BenchSampleConfig",
+     "--", "The sampler against transformers `generate` on the same workload."),
+    ("Train-step benchmark", "tools/bench_train.py",
+     "mathjax_sft.train.benchmark:BenchTrainConfig", "--",
+     "Tokens per second and MFU of the train step, against torch on the same shapes."),
+    ("Grading benchmark", "tools/bench_grade.py",
+     "mathjax_sft.eval.grade_bench:GradeBenchConfig", "--",
+     "False and true credit of the grader on perturbed and reference answers."),
 ]
+# flags named otherwise than their field
+FLAG_NAMES = {("tools/synthesize.py", "input_path"): "--input"}
 
 
 def _tree(spec: str) -> type:
@@ -59,12 +85,12 @@ def _cell(text: str) -> str:
   return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
-def _table(cls: type, prefix: str) -> list[str]:
+def _table(tool: str, cls: type, prefix: str) -> list[str]:
   out = ["| field | default | flag | meaning |", "|---|---|---|---|"]
   for leaf in configtree.leaves(cls):
     doc = leaf.doc + (f" One of: {', '.join(map(str, leaf.choices))}." if leaf.choices else "")
-    out.append(f"| `{leaf.path}` | {_cell(_default(leaf))} | `{prefix}{leaf.path}` | "
-               f"{_cell(doc)} |")
+    flag = FLAG_NAMES.get((tool, leaf.path), prefix + leaf.path)
+    out.append(f"| `{leaf.path}` | {_cell(_default(leaf))} | `{flag}` | {_cell(doc)} |")
   return out
 
 
@@ -98,7 +124,7 @@ def render() -> str:
   for title, tool, spec, prefix, about in ENTRY_POINTS:
     cls = _tree(spec)
     lines += ["", f"## {title} ({tool})", "", about, ""]
-    lines += _table(cls, prefix)
+    lines += _table(tool, cls, prefix)
     if tool == "tools/train.py":
       lines += ["", "What the shipped configs set (every field not listed keeps the default "
                 "above):", ""]

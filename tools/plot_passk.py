@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from mathjax_sft import cli
 from mathjax_sft.eval import metrics, plots, records
@@ -39,4 +39,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

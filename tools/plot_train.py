@@ -3,7 +3,6 @@
   python tools/plot_train.py --run_dir=runs/sft_smollm2_135m --output=runs/sft_smollm2_135m/loss.png
 """
 
-from absl import app
 
 from mathjax_sft import cli
 from mathjax_sft.train import plots
@@ -19,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

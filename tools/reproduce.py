@@ -9,7 +9,6 @@ SmolLM2-135M-Instruct before SFT and after SFT on growing slices of GSM8K train,
 
 import json
 
-from absl import app
 
 from mathjax_sft import cli, logs, reproduce
 
@@ -25,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
