@@ -6,12 +6,13 @@
 One epoch of GSM8K train is ~7.4K rows, ~1.4M tokens: about 700 packed steps of 4 x 512.
 """
 
+from mathjax_sft.paths import EMBEDDED_CHECKPOINT
 from mathjax_sft.train.config import TrainConfig
 
 
 def get_config():
   return TrainConfig().replace({
-      "model.init_checkpoint": "runs/smollm2-135m",
+      "model.init_checkpoint": EMBEDDED_CHECKPOINT,       # make convert
       "data.train_files": "data:gsm8k/train.jsonl",  # ../shared/data unless $MATHJAX_DATA_DIR is set
       "output_dir": "runs/sft_smollm2_135m",
       "data.template": "chat",                      # the instruct model's own chat template

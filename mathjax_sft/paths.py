@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 DATA_DIR_ENV = "MATHJAX_DATA_DIR"
+# where `make convert` writes the embedded SmolLM2-135M-Instruct: the tools' default model
+EMBEDDED_CHECKPOINT = "runs/smollm2-135m"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -24,6 +24,7 @@ from mathjax_sft import configtree, paths
 from mathjax_sft.configtree import setting
 from mathjax_sft.eval import plots
 from mathjax_sft.sample import run as sample_run
+from mathjax_sft.sample.strategies import SamplingParams
 from mathjax_sft.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class ReproduceConfig:
   """Settings of `run` (tools/reproduce.py's flags)."""
   output_dir: str = setting("runs/reproduce", "Folder for every stage's output.")
-  base_checkpoint: str = setting("runs/smollm2-135m", "Starting checkpoint dir.")
+  base_checkpoint: str = setting(paths.EMBEDDED_CHECKPOINT, "Starting checkpoint dir.")
   train_config: str = setting("configs/sft_smollm2_135m.py", "SFT recipe: a train config file "
                               "whose get_config() is the recipe.")
   sizes: tuple[int, ...] = setting((1000, 3000, 7473), "SFT data sizes: first K rows of GSM8K "
@@ -43,7 +44,7 @@ class ReproduceConfig:
   eval_dataset: str = setting("gsm8k", "Evaluation set (see tools/sample.py).")
   num_problems: int = setting(100, "First K evaluation problems.")
   num_samples: int = setting(64, "N samples per problem.")
-  temperature: float = setting(0.7, "Sampling temperature.")
+  temperature: float = setting(SamplingParams.temperature, "Sampling temperature.")
   max_new_tokens: int = setting(320, "Token budget per sample.")
   sample_dtype: str = setting("bfloat16", "Weights/compute dtype while sampling.",
                               choices=("float32", "bfloat16"))

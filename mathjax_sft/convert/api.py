@@ -20,6 +20,7 @@ from mathjax_sft.configtree import setting
 from mathjax_sft.convert import gguf as gguf_io
 from mathjax_sft.convert import hf as hf_io
 from mathjax_sft.convert import hf_keys
+from mathjax_sft.sample.strategies import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def peak_rss_gib() -> float:
 def generation_config(cfg) -> dict:
   eos = list(cfg.eos_token_ids)
   return {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos,
-          "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": 0.7, "top_p": 1.0}
+          "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": SamplingParams.temperature,
+          "top_p": SamplingParams.top_p}
 
 
 @contextlib.contextmanager

@@ -35,13 +35,13 @@ class BenchSampleConfig:
   """Settings of one benchmark run (tools/bench_sample.py's flags); `run_config` runs it."""
   workload: str = setting("gsm8k", "gsm8k: K problems x N through tools/sample.py; decode: the "
                           "engine's decode loop alone.", choices=("gsm8k", "decode"))
-  checkpoint: str = setting("runs/smollm2-135m", "Converted SmolLM2 checkpoint (`make convert`); "
+  checkpoint: str = setting(paths.EMBEDDED_CHECKPOINT, "Converted SmolLM2 checkpoint (`make convert`); "
                             "the reference reads the same GGUF.")
   num_problems: int = setting(8, "gsm8k: K, the first K GSM8K test problems.")
   num_prompts: int = setting(1, "decode: GSM8K prompts timed (one more warms up).")
   num_samples: int = setting(64, "N samples per prompt.")
   max_new_tokens: int = setting(320, "Token budget per sample.")
-  temperature: float = setting(0.7, "Sampling temperature (both sides).")
+  temperature: float = setting(SamplingParams.temperature, "Sampling temperature (both sides).")
   threads: int = setting(2, "torch intra-op threads (XLA uses all cores).")
   compute_dtype: str = setting("float32", "decode: our weights/compute dtype (the reference stays "
                                "float32).", choices=("float32", "bfloat16"))
@@ -51,6 +51,9 @@ class BenchSampleConfig:
                                    "must be new or empty, or tools/sample.py would resume instead "
                                    "of sampling.")
   skip_reference: bool = setting(False, "Time only our sampler.")
+
+
+_D = BenchSampleConfig()   # the library functions' defaults are the tool's
 
 
 def run_config(c: BenchSampleConfig) -> dict[str, Any]:
@@ -117,8 +120,9 @@ def run_transformers(prompts, num_samples, max_new_tokens, temperature, threads:
           "mean_len": float(np.mean(lengths))}
 
 
-def run(checkpoint: str, num_prompts: int = 1, num_samples: int = 64, max_new_tokens: int = 256,
-        temperature: float = 0.7, threads: int = 2, compute_dtype: str = "float32",
+def run(checkpoint: str, num_prompts: int = _D.num_prompts, num_samples: int = _D.num_samples,
+        max_new_tokens: int = _D.max_new_tokens, temperature: float = _D.temperature,
+        threads: int = _D.threads, compute_dtype: str = _D.compute_dtype,
         skip_reference: bool = False) -> dict[str, Any]:
   from transformers import AutoTokenizer
   tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -190,9 +194,10 @@ def run_sample_tool(repo: str, checkpoint: str, num_problems: int, num_samples: 
   return out
 
 
-def run_workload(checkpoint: str, num_problems: int = 8, num_samples: int = 64,
-                 max_new_tokens: int = 320, temperature: float = 0.7, threads: int = 2,
-                 repo: str = ".", skip_reference: bool = False,
+def run_workload(checkpoint: str, num_problems: int = _D.num_problems,
+                 num_samples: int = _D.num_samples, max_new_tokens: int = _D.max_new_tokens,
+                 temperature: float = _D.temperature, threads: int = _D.threads,
+                 repo: str = _D.repo, skip_reference: bool = False,
                  out_dir: str | None = None) -> dict[str, Any]:
   """K GSM8K test problems x N samples: `tools/sample.py` end to end against transformers
   `generate(num_return_sequences=N)` one prompt at a time (same prompts, threads, budget).

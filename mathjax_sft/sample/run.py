@@ -30,6 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from mathjax_sft import paths
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.configtree import section, setting
 from mathjax_sft.data import templates
@@ -55,7 +56,7 @@ DTYPES = ("float32", "bfloat16")
 class SampleRunConfig:
   """One sampling run; `tools/sample.py` has one flag per field (`--distributed.mode`, ...)."""
   checkpoint: str = setting(
-      "runs/smollm2-135m", "mathjax_sft checkpoint directory (config.json, params/, tokenizer), "
+      paths.EMBEDDED_CHECKPOINT, "mathjax_sft checkpoint directory (config.json, params/, tokenizer), "
       "or any step of a training run (OUT/checkpoints/<step>). Default: the embedded "
       "SmolLM2-135M-Instruct, converted by `make convert`.")
   dataset: str = setting(
