@@ -76,19 +76,14 @@ def _train_tool(*args):
                         capture_output=True, text=True, timeout=120)
 
 
-def test_train_help_lists_every_field_and_a_misspelled_one_is_one_line():
-  proc = _train_tool("--help")
-  assert "--config: Config file" in proc.stdout, proc.stderr[-2000:]
-  for leaf in configtree.leaves(config_lib.TrainConfig):
-    assert f"--config.{leaf.path}:" in proc.stdout or f"--[no]config.{leaf.path}:" in proc.stdout
-    assert leaf.doc.split()[0] in proc.stdout
+def test_a_misspelled_or_bad_override_is_one_line():
   proc = _train_tool("--config=configs/sft_smollm2_135m.py", "--config.optimizer.lr=1")
   assert proc.returncode != 0
   assert "Unknown command line flag 'config.optimizer.lr'" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   proc = _train_tool("--config=configs/sft_smollm2_135m.py", "--config.model.remat_policy=some")
   assert proc.returncode != 0 and "'some' is not one of full, dots" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.fixture(scope="module")
