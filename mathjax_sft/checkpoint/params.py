@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from mathjax_sft.model import llama
+from mathjax_sft.model import llama, weights
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sharding import rules as sharding_rules
 
@@ -173,10 +173,11 @@ def save_param_stream(out_dir: str | Path, stream: Iterable[tuple[tuple[str, ...
   return out_dir
 
 
-def save_params(out_dir: str | Path, params: llama.Params, cfg: ModelConfig) -> Path:
-  """Writes params (numpy or jax arrays, either layer layout) and config.json into out_dir."""
-  params = llama.stack_layers(params)
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+def save_params(out_dir: str | Path, params: llama.Params | dict, cfg: ModelConfig) -> Path:
+  """Writes params (`Weights` or their dict tree; numpy or jax arrays, either layer layout) and
+  config.json into out_dir."""
+  tree = weights.to_tree(weights.stack_layers(weights.from_tree(params)))
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   stream = ((tuple(k.key for k in path), value) for path, value in leaves)
   return save_param_stream(out_dir, stream, cfg)
 
@@ -218,17 +219,17 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh | None, rules=sharding_rules.DE
 
 def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_rules.DEFAULT_RULES,
                 **config_overrides) -> tuple[llama.Params, ModelConfig]:
-  """(stacked params as sharded jax arrays, config). `param_dtype=` casts while restoring."""
+  """(stacked `Weights` of sharded jax arrays, config). `param_dtype=` casts while restoring."""
   cfg = load_config(ckpt_dir, **config_overrides)
   if is_train_step_dir(ckpt_dir):
     stacked = _step_layers_stacked(Path(ckpt_dir))
     target = llama.abstract_params(cfg, stacked=stacked,
                                    shardings=param_shardings(cfg, mesh, rules, stacked))
-    params = _restore_step_params(Path(ckpt_dir), target)
+    params = weights.from_tree(_restore_step_params(Path(ckpt_dir), weights.to_tree(target)))
     return (params if stacked else _stack_on_device(params)), cfg
   root = Path(ckpt_dir).absolute() / PARAMS_SUBDIR
   shardings = param_shardings(cfg, mesh, rules)
-  target = llama.abstract_params(cfg, stacked=True, shardings=shardings)
+  target = weights.to_tree(llama.abstract_params(cfg, stacked=True, shardings=shardings))
   wanted = {_leaf_name(tuple(k.key for k in path)): (path, leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
   index_path = root / INDEX_NAME
@@ -248,7 +249,7 @@ def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_r
     restored[name] = ckptr.restore(root / name,
                                    args=ocp.args.StandardRestore({"value": leaf}))["value"]
   treedef = jax.tree_util.tree_structure(target)
-  return treedef.unflatten([restored[n] for n in wanted]), cfg
+  return weights.from_tree(treedef.unflatten([restored[n] for n in wanted])), cfg
 
 
 def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:

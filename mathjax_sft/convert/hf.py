@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mathjax_sft.convert import hf_keys
-from mathjax_sft.model import llama
+from mathjax_sft.model import llama, weights
 from mathjax_sft.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,14 @@ def iter_params(source: TensorSource, cfg: ModelConfig, dtype: str | None = None
 
 def params_from_source(source: TensorSource, cfg: ModelConfig, dtype: str | None = None
                        ) -> llama.Params:
-  """The whole stacked param pytree (numpy) in memory."""
+  """The whole stacked `Weights` (numpy) in memory."""
   out: dict = {"layers": {}}
   for path, value in iter_params(source, cfg, dtype):
     node = out
     for key in path[:-1]:
       node = node[key]
     node[path[-1]] = value
-  return out
+  return weights.from_tree(out)
 
 
 def load_hf_config(hf_dir: str | Path, **overrides) -> ModelConfig:
@@ -201,12 +201,13 @@ def hf_tensors(params: llama.Params | Iterable[tuple[tuple[str, ...], np.ndarray
                cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
   """Yields (HF name, array), converting one tensor at a time.
 
-  `params` is a param pytree (either layer layout) or a stream of (param path, stacked array)
-  as `checkpoint.params.iter_params_numpy` yields: then one parameter is in memory at a time.
+  `params` is `Weights` (or their dict tree; either layer layout) or a stream of (param path,
+  stacked array) as `checkpoint.params.iter_params_numpy` yields: then one parameter is in
+  memory at a time.
   """
   by_param = {e.param: e for e in hf_keys.TABLE}
-  if isinstance(params, dict):
-    params = llama.stack_layers(params)
+  if isinstance(params, (dict, weights.Weights)):
+    params = weights.to_tree(weights.stack_layers(weights.from_tree(params)))
     params = [(("layers", k), v) for k, v in params["layers"].items()] + [
         ((k,), v) for k, v in params.items() if k != "layers"]
   for path, value in params:

@@ -1,29 +1,22 @@
-"""LLaMA-family decoder as pure functions over a parameter pytree.
+"""LLaMA-family decoder as pure functions over typed weights (`mathjax_sft.model.weights`).
 
-Parameters are a nested dict of arrays whose layout mirrors HF's tensors up to transposes and
-reshapes (rotate-half RoPE, so no q/k permutation):
+Three entry points, one per mode:
+  forward      a whole sequence (training, scoring): causal + packed-segment mask -> hidden
+  prefill      a prompt written into a `KVCache` -> (hidden, cache)
+  decode_step  new tokens of every row against its cache and a shared `Prefix` -> (logits, cache)
+`lm_head` turns hidden states into logits. Each takes `Weights` of any layer layout (stacked:
+`lax.scan`; per layer: an unrolled loop, faster decode on CPU/GPU) and checks it against the
+config at trace time; caches and prefixes must be stacked or per layer like the weights.
 
-  embed       [vocab, embed]
-  layers/     stacked over a leading `layers` axis (or a list of per-layer dicts, see below)
-    attn_norm [embed]            wq [embed, heads, head_dim]     wk, wv [embed, kv_heads, head_dim]
-    mlp_norm  [embed]            wo [heads, head_dim, embed]
-    w_gate, w_up [embed, mlp]    w_down [mlp, embed]
-  final_norm  [embed]
-  lm_head     [embed, vocab]     (absent with tied embeddings)
-
-`params["layers"]` is either a dict of stacked `[layers, ...]` arrays — the checkpoint layout,
-run with `lax.scan` — or a list of per-layer dicts, run as an unrolled Python loop (faster
-decode on CPU/GPU); `unstack_layers` / `stack_layers` convert between the two.
-
-Every parameter declares its logical axes (`param_specs`), from which shardings are derived by
-`mathjax_sft.sharding.rules`. Activations and caches are pinned by logical names too
+Every parameter declares its logical axes (`weights.param_specs`), from which shardings are
+derived by `mathjax_sft.sharding.rules`. Activations and caches are pinned by logical names too
 (`constrain`: the residual stream at the embedding and at every block boundary, q / k / v and the
 attention output, the MLP intermediate, the logits, the KV cache), against whatever mesh is in
 context; this file never sees a mesh.
 
-Attention handles three key sources, concatenated before one softmax:
-  * the new tokens themselves (training / plain forward: causal + packed-segment mask),
-  * a KV cache (`KVCache`, a ring buffer with a per-slot validity mask) for decoding,
+Decode attention reads several key sources, concatenated before one softmax:
+  * the new tokens themselves and a KV cache (`KVCache`, a ring buffer with a per-slot validity
+    mask),
   * a shared prefix (`Prefix`): one prompt cache per problem, read by all its samples without
     copies — rows of the batch grouped `[problems, samples_per_problem]`, or a pool of resident
     prompts that each row picks from by index (`Prefix.row_slot`, the sampler's scheduler).
@@ -33,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +34,15 @@ import numpy as np
 
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.model.rope import apply_rope, rope_tables
+from mathjax_sft.model.weights import (FusedLayerWeights, GateUpLayerWeights, LayerWeights,
+                                       Weights, check_layout)
+# The parameter API, declared in `weights`, re-exported for callers of the model.
+from mathjax_sft.model.weights import (ParamSpec, abstract_params, fuse_layers,  # noqa: F401
+                                       init_params, param_axes, param_specs, stack_layers,
+                                       unstack_layers)
 from mathjax_sft.sharding.rules import constrain
 
-Params = dict[str, Any]
+Params = Weights   # the model's parameter tree
 NEG_INF = -1e30
 
 # Logical axes of activations (see sharding/rules.py).
@@ -55,148 +54,6 @@ LOGITS = ("batch", "seq", "act_vocab")
 # A decode cache stores keys with time last and values with time second to last (`KVCache`).
 CACHE_K_AXES = ("cache_batch", "cache_heads", "head_dim", "cache_time")
 CACHE_V_AXES = ("cache_batch", "cache_heads", "cache_time", "head_dim")
-
-
-# ---- parameter declarations ----------------------------------------------------------------
-
-class ParamSpec(NamedTuple):
-  shape: tuple[int, ...]
-  axes: tuple[str, ...]
-  init: str  # "normal" (std = initializer_range) or "ones"
-
-
-INIT_STD = 0.02
-
-
-def param_specs(cfg: ModelConfig, stacked: bool = True) -> Params:
-  """Shape, logical axes and initializer of every parameter (stacked layer layout by default)."""
-  e, m, h, k, d, v = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
-                      cfg.head_dim, cfg.vocab_size)
-  layer = {
-      "attn_norm": ParamSpec((e,), ("norm",), "ones"),
-      "wq": ParamSpec((e, h, d), ("embed", "heads", "head_dim"), "normal"),
-      "wk": ParamSpec((e, k, d), ("embed", "kv_heads", "head_dim"), "normal"),
-      "wv": ParamSpec((e, k, d), ("embed", "kv_heads", "head_dim"), "normal"),
-      "wo": ParamSpec((h, d, e), ("heads", "head_dim", "embed"), "normal"),
-      "mlp_norm": ParamSpec((e,), ("norm",), "ones"),
-      "w_gate": ParamSpec((e, m), ("embed", "mlp"), "normal"),
-      "w_up": ParamSpec((e, m), ("embed", "mlp"), "normal"),
-      "w_down": ParamSpec((m, e), ("mlp", "embed"), "normal"),
-  }
-  if stacked:
-    layers = {n: ParamSpec((cfg.num_layers,) + s.shape, ("layers",) + s.axes, s.init)
-              for n, s in layer.items()}
-  else:
-    layers = [dict(layer) for _ in range(cfg.num_layers)]
-  specs: Params = {
-      "embed": ParamSpec((v, e), ("vocab", "embed"), "normal"),
-      "layers": layers,
-      "final_norm": ParamSpec((e,), ("norm",), "ones"),
-  }
-  if not cfg.tie_word_embeddings:
-    specs["lm_head"] = ParamSpec((e, v), ("embed", "vocab"), "normal")
-  return specs
-
-
-def _is_spec(x) -> bool:
-  return isinstance(x, ParamSpec)
-
-
-def param_axes(cfg: ModelConfig, stacked: bool = True) -> Params:
-  """Pytree of logical-axes tuples matching the params."""
-  return jax.tree.map(lambda s: s.axes, param_specs(cfg, stacked), is_leaf=_is_spec)
-
-
-def abstract_params(cfg: ModelConfig, stacked: bool = True, shardings: Any = None) -> Params:
-  """Pytree of `jax.ShapeDtypeStruct` (optionally with shardings): nothing is allocated."""
-  dtype = jnp.dtype(cfg.param_dtype)
-  specs = param_specs(cfg, stacked)
-  if shardings is None:
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=_is_spec)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh), specs,
-                      shardings, is_leaf=_is_spec)
-
-
-def init_params(cfg: ModelConfig, key: jax.Array, shardings: Any = None,
-                stacked: bool = True) -> Params:
-  """Random initialisation in one jit, each tensor created directly in its sharding."""
-  specs = param_specs(cfg, stacked)
-  leaves, treedef = jax.tree.flatten(specs, is_leaf=_is_spec)
-  dtype = jnp.dtype(cfg.param_dtype)
-
-  def make(key):
-    keys = jax.random.split(key, len(leaves))
-    out = [jnp.ones(s.shape, dtype) if s.init == "ones"
-           else (INIT_STD * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype)
-           for s, k in zip(leaves, keys)]
-    return treedef.unflatten(out)
-
-  return jax.jit(make, out_shardings=shardings)(key)
-
-
-def unstack_layers(params: Params) -> Params:
-  """Stacked `[layers, ...]` dict -> list of per-layer dicts (unrolled forward)."""
-  layers = params["layers"]
-  if isinstance(layers, (list, tuple)):
-    return params
-  n = next(iter(layers.values())).shape[0]
-  out = dict(params)
-  out["layers"] = [{k: v[i] for k, v in layers.items()} for i in range(n)]
-  return out
-
-
-def stack_layers(params: Params) -> Params:
-  """List of per-layer dicts -> stacked `[layers, ...]` dict (checkpoint / scan layout)."""
-  layers = params["layers"]
-  if isinstance(layers, dict):
-    return params
-  out = dict(params)
-  out["layers"] = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
-  return out
-
-
-# Decode layouts of a layer's weights (`fuse_layers`), fused name -> (parts, axis, how):
-#   concatenated, where the `tensor` axis is unsharded: one matmul for q/k/v and one for gate/up
-#   stacked, under tensor parallelism: gate/up on a new leading axis, [2, embed, mlp] (the `mlp`
-#     sharding is kept). XLA:TPU wants the decode matmul's weight in that physical order; given
-#     [embed, mlp] pairs (stacked per step) or [embed, 2, mlp] it copied every layer's weights
-#     into it before the decode loop: a second copy of the MLP weights (70B decode on v5p,
-#     tensor=4: 31.8 GiB of temporaries per chip, 10 of them KV cache; see README)
-FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gateup": ("w_gate", "w_up")}
-STACKED = {"w_gu": ("w_gate", "w_up")}
-
-
-def fused_param_axes(cfg: ModelConfig, concat: bool = True) -> Params:
-  """Logical axes of the decode layout (`fuse_layers(params, concat)`): per-layer dicts; a
-  concatenated tensor takes the axes of its first part, a stacked one gets a new unnamed axis."""
-  axes = param_axes(cfg, stacked=False)
-  for layer in axes["layers"]:
-    for fused, parts in (FUSED if concat else STACKED).items():
-      first = layer[parts[0]]
-      layer[fused] = first if concat else (None,) + first
-      for part in parts:
-        del layer[part]
-  return axes
-
-
-def fuse_layers(params: Params, concat: bool = True) -> Params:
-  """Decode layout. concat: q/k/v and gate/up concatenated (`wqkv` [embed, heads + 2 kv_heads,
-  head_dim], `w_gateup` [embed, 2 mlp]), for unsharded `tensor` axes only. Otherwise gate/up
-  stacked (`w_gu` [2, embed, mlp]), which keeps any sharding."""
-  def fuse(layer, axis_shift):
-    groups = FUSED if concat else STACKED
-    out = {k: v for k, v in layer.items() if all(k not in p for p in groups.values())}
-    for name, parts in groups.items():
-      if concat:
-        out[name] = jnp.concatenate([layer[p] for p in parts], axis=1 + axis_shift)
-      else:
-        out[name] = jnp.stack([layer[p] for p in parts], axis=axis_shift)
-    return out
-  layers = params["layers"]
-  out = dict(params)
-  out["layers"] = ([fuse(l, 0) for l in layers] if isinstance(layers, (list, tuple))
-                   else fuse(layers, 1))
-  return out
 
 
 # ---- caches ----------------------------------------------------------------------------------
@@ -314,7 +171,7 @@ def _row_values(e: jax.Array, v: jax.Array, dtype) -> jax.Array:
   return o.reshape(b, kvh, t, g, -1).transpose(0, 1, 3, 2, 4)
 
 
-def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> jax.Array:
+def _attend(q: jax.Array, sources: list[_Keys], prefix: LayerPrefix | None, dtype) -> jax.Array:
   """q [b, t, heads, d] against several key sources (+ a grouped prefix) -> [b, t, heads, d].
 
   One softmax over all sources, computed blockwise (shared max and denominator) so the score
@@ -364,7 +221,7 @@ def _attend(q: jax.Array, sources: list[_Keys], prefix: tuple | None, dtype) -> 
   return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: tuple, dtype) -> jax.Array:
+def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: LayerPrefix, dtype) -> jax.Array:
   """`_attend` with a prompt pool: q [b, t, kvh, g, d] (scaled), prefix (k, v [kvh, slots, tp, d],
   valid [slots, tp], row_slot [b]).
 
@@ -407,68 +264,107 @@ def _attend_pool(q: jax.Array, sources: list[_Keys], prefix: tuple, dtype) -> ja
   return out.astype(dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, kvh * g, d)
 
 
-def _block(lp: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, self_mask: jax.Array | None,
-           cache_kv: tuple | None, cache_ctx: tuple | None, prefix_kv: tuple | None,
-           cfg: ModelConfig) -> tuple[jax.Array, tuple | None]:
-  """One decoder layer. x [b, t, embed]. Returns (x, updated (k, v) cache of this layer)."""
+class Rope(NamedTuple):
+  """RoPE tables of the tokens in flight, [b, t, head_dim // 2] each."""
+  cos: jax.Array
+  sin: jax.Array
+
+
+class LayerCache(NamedTuple):
+  """One layer's ring: k [b, kvh, d, slots], v [b, kvh, slots, d] (see `KVCache`)."""
+  k: jax.Array
+  v: jax.Array
+
+
+class LayerPrefix(NamedTuple):
+  """One layer's shared prompt keys and values with the prefix's `valid` and `row_slot`."""
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  row_slot: jax.Array | None
+
+
+class CacheContext(NamedTuple):
+  """Where a cached step writes and what it reads (`_cache_context`)."""
+  write_at: jax.Array      # int32 scalar: first slot written
+  mask: jax.Array          # [b, t, slots] bool: which slots each new token sees
+  bucket_hot: jax.Array    # [n] bool: the read bucket (see `read_buckets`)
+
+
+AnyLayer = LayerWeights | FusedLayerWeights | GateUpLayerWeights
+
+
+def _qkv(lw: AnyLayer, x: jax.Array, rope: Rope, cfg: ModelConfig) -> tuple[jax.Array, ...]:
+  """Normed, projected and rotated q [b, t, heads, d], k / v [b, t, kv_heads, d]."""
   dtype = x.dtype
-  h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-  if "wqkv" in lp:                                   # fused layout (see `fuse_layers`)
-    qkv = _dot("bte,ehd->bthd", h, lp["wqkv"], dtype)
+  h = rms_norm(x, lw.attn_norm, cfg.rms_norm_eps)
+  if isinstance(lw, FusedLayerWeights):
+    qkv = _dot("bte,ehd->bthd", h, lw.wqkv, dtype)
     nh, nk = cfg.num_heads, cfg.num_kv_heads
     q, k, v = qkv[:, :, :nh], qkv[:, :, nh:nh + nk], qkv[:, :, nh + nk:]
   else:
-    q = _dot("bte,ehd->bthd", h, lp["wq"], dtype)
-    k = _dot("bte,ekd->btkd", h, lp["wk"], dtype)
-    v = _dot("bte,ekd->btkd", h, lp["wv"], dtype)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  q, k, v = constrain(q, Q_AXES, "q"), constrain(k, KV_AXES, "k"), constrain(v, KV_AXES, "v")
-  if cache_kv is None and prefix_kv is None:        # full sequence (training, scoring)
-    attn = constrain(causal_attention(q, k, v, self_mask, cfg.attention_chunk), Q_AXES, "attn")
-    return _mlp_residual(lp, x, attn, cfg), None
+    q = _dot("bte,ehd->bthd", h, lw.wq, dtype)
+    k = _dot("bte,ekd->btkd", h, lw.wk, dtype)
+    v = _dot("bte,ekd->btkd", h, lw.wv, dtype)
+  q, k = apply_rope(q, rope.cos, rope.sin), apply_rope(k, rope.cos, rope.sin)
+  return constrain(q, Q_AXES, "q"), constrain(k, KV_AXES, "k"), constrain(v, KV_AXES, "v")
+
+
+def _train_block(lw: AnyLayer, x: jax.Array, rope: Rope, mask: jax.Array,
+                 cfg: ModelConfig) -> jax.Array:
+  """One decoder layer over whole sequences, x [b, t, embed], causal `mask` [b, t, t]."""
+  q, k, v = _qkv(lw, x, rope, cfg)
+  attn = constrain(causal_attention(q, k, v, mask, cfg.attention_chunk), Q_AXES, "attn")
+  return _mlp_residual(lw, x, attn, cfg)
+
+
+def _cached_block(lw: AnyLayer, x: jax.Array, rope: Rope, cache: LayerCache, ctx: CacheContext,
+                  prefix: LayerPrefix | None, cfg: ModelConfig) -> tuple[jax.Array, LayerCache]:
+  """One decoder layer of new tokens x [b, t, embed]: their keys are written into this layer's
+  ring at `ctx.write_at`, then they attend to the ring (and the prefix). Returns (x, ring)."""
+  dtype = x.dtype
+  q, k, v = _qkv(lw, x, rope, cfg)
   k_t, v_t = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)       # [b, kvh, d, t], [b, kvh, t, d]
-  pre = None if prefix_kv is None else tuple(prefix_kv)
-  if cache_kv is None:
-    return _mlp_residual(lp, x, _attend(q, [_Keys(k_t, v_t, self_mask)], pre, dtype), cfg), None
-  ck, cv = cache_kv
-  write_at, mask, bucket_hot = cache_ctx
-  sizes = read_buckets(cv.shape[2], bucket_hot.shape[0])
-  ck = jax.lax.dynamic_update_slice_in_dim(ck, k_t.astype(ck.dtype), write_at, axis=3)
-  cv = jax.lax.dynamic_update_slice_in_dim(cv, v_t.astype(cv.dtype), write_at, axis=2)
+  sizes = read_buckets(cache.v.shape[2], ctx.bucket_hot.shape[0])
+  ck = jax.lax.dynamic_update_slice_in_dim(cache.k, k_t.astype(cache.k.dtype), ctx.write_at, axis=3)
+  cv = jax.lax.dynamic_update_slice_in_dim(cache.v, v_t.astype(cache.v.dtype), ctx.write_at, axis=2)
   ck, cv = constrain(ck, CACHE_K_AXES, "k cache"), constrain(cv, CACHE_V_AXES, "v cache")
 
   def attend_first(n, q, ck, cv, mask, pre):   # keys in slots [0, n) only
     return _attend(q, [_Keys(ck[..., :n], cv[:, :, :n], mask[..., :n])], pre, dtype)
 
   branches = [functools.partial(attend_first, n) for n in sizes]
-  attn = (branches[0](q, ck, cv, mask, pre) if len(branches) == 1
-          else jax.lax.switch(jnp.argmax(bucket_hot), branches, q, ck, cv, mask, pre))
-  return _mlp_residual(lp, x, constrain(attn, Q_AXES, "attn"), cfg), (ck, cv)
+  args = (q, ck, cv, ctx.mask, prefix)
+  attn = (branches[0](*args) if len(branches) == 1
+          else jax.lax.switch(jnp.argmax(ctx.bucket_hot), branches, *args))
+  return _mlp_residual(lw, x, constrain(attn, Q_AXES, "attn"), cfg), LayerCache(ck, cv)
 
 
-def _mlp_residual(lp: Params, x: jax.Array, attn: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """The rest of a layer after attention: x + wo(attn), then x + mlp(norm(x))."""
-  dtype = x.dtype
-  b, t, nh, hd = attn.shape   # 2-D matmul on a free reshape: a 3-D contraction makes XLA copy wo
-  x = constrain(x + _dot("btf,fe->bte", attn.reshape(b, t, nh * hd),
-                         lp["wo"].reshape(nh * hd, -1), dtype), RESIDUAL, "residual")
-  h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-  if "w_gateup" in lp:
-    gate, up = jnp.split(_dot("bte,em->btm", h, lp["w_gateup"], dtype), 2, axis=-1)
-  elif "w_gu" in lp:                                 # stacked decode layout (tensor parallel)
-    gu = constrain(_dot("bte,kem->btkm", h, lp["w_gu"], dtype),
-                   MLP_AXES[:2] + (None,) + MLP_AXES[2:], "mlp gate/up")
-    gate, up = gu[:, :, 0], gu[:, :, 1]
+def _gate_up(lw: AnyLayer, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  dtype = h.dtype
+  if isinstance(lw, FusedLayerWeights):
+    return tuple(jnp.split(_dot("bte,em->btm", h, lw.w_gateup, dtype), 2, axis=-1))
+  if isinstance(lw, GateUpLayerWeights):             # stacked decode layout (tensor parallel)
+    gu = _dot("bte,kem->btkm", h, lw.w_gu, dtype)
   else:
     # One matmul over gate and up stacked on a new axis (the `mlp` axis keeps its sharding).
     # With two separate matmuls XLA:CPU recomputed silu(gate) * up under remat in a transposed
     # layout: ~90 ms per layer of a 4 x 512 SmolLM2 train step, ~10 ms this way (profiled); the
     # whole step 21.9 s vs 22.6 s best, 22.8 vs 25.1 s median (A/B in one process, same loss).
-    gu = _dot("bte,ekm->btkm", h, jnp.stack([lp["w_gate"], lp["w_up"]], axis=1), dtype)
-    gu = constrain(gu, MLP_AXES[:2] + (None,) + MLP_AXES[2:], "mlp gate/up")
-    gate, up = gu[:, :, 0], gu[:, :, 1]
+    gu = _dot("bte,ekm->btkm", h, jnp.stack([lw.w_gate, lw.w_up], axis=1), dtype)
+  gu = constrain(gu, MLP_AXES[:2] + (None,) + MLP_AXES[2:], "mlp gate/up")
+  return gu[:, :, 0], gu[:, :, 1]
+
+
+def _mlp_residual(lw: AnyLayer, x: jax.Array, attn: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """The rest of a layer after attention: x + wo(attn), then x + mlp(norm(x))."""
+  dtype = x.dtype
+  b, t, nh, hd = attn.shape   # 2-D matmul on a free reshape: a 3-D contraction makes XLA copy wo
+  x = constrain(x + _dot("btf,fe->bte", attn.reshape(b, t, nh * hd),
+                         lw.wo.reshape(nh * hd, -1), dtype), RESIDUAL, "residual")
+  gate, up = _gate_up(lw, rms_norm(x, lw.mlp_norm, cfg.rms_norm_eps))
   act = constrain(jax.nn.silu(gate) * up, MLP_AXES, "mlp")
-  return constrain(x + _dot("btm,me->bte", act, lp["w_down"], dtype), RESIDUAL, "residual")
+  return constrain(x + _dot("btm,me->bte", act, lw.w_down, dtype), RESIDUAL, "residual")
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -516,10 +412,11 @@ def read_buckets(slots: int, n: int) -> tuple[int, ...]:
   return tuple(min(slots, -(-slots * (i + 1) // (n * 8)) * 8) for i in range(n))
 
 
-def _cache_context(cache: KVCache, token_valid: jax.Array, num_buckets: int = 1) -> tuple:
+def _cache_context(cache: KVCache, token_valid: jax.Array,
+                   num_buckets: int = 1) -> tuple[CacheContext, jax.Array]:
   """Where the new tokens go and what each may see.
 
-  Returns ((write_at, mask [b, t, slots], bucket_hot [n]), valid [b, slots]). The ring is
+  Returns (CacheContext, valid [b, slots]). The ring is
   written in order from slot 0, so after this write only slots [0, min(index + t, slots)) can
   hold a key; `bucket_hot` marks the smallest of the n `read_buckets` that covers them (a
   one-hot array, so that n stays static under tracing).
@@ -538,94 +435,145 @@ def _cache_context(cache: KVCache, token_valid: jax.Array, num_buckets: int = 1)
   visible_new = is_new[None, :] & (age[None, :] <= jnp.arange(t)[:, None])   # [t, slots]
   mask = jnp.where(is_new[None, None, :], visible_new[None] & new_valid[:, None, :],
                    cache.valid[:, None, :])
-  return (write_at, mask, bucket_hot), valid
+  return CacheContext(write_at, mask, bucket_hot), valid
 
 
-def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
-            *, segment_ids: jax.Array | None = None, cache: KVCache | None = None,
-            prefix: Prefix | None = None, logits_dtype=jnp.float32,
-            return_hidden: bool = False,
-            cache_read_buckets: int = 1) -> tuple[jax.Array, KVCache | None]:
-  """Logits [batch, seq, vocab] for tokens [batch, seq].
+def _run_layers(block: Callable, x: jax.Array, w: Weights, xs: tuple,
+                cfg: ModelConfig) -> tuple[jax.Array, Any]:
+  """x through every layer: block(layer weights, x, layer inputs) -> (x, layer outputs).
 
-  positions:   [batch, seq] RoPE positions (default 0..seq-1).
-  segment_ids: [batch, seq] packed-sequence ids, 0 = padding (default all 1). Without a cache
-               they restrict attention to the same segment; with a cache, 0 marks tokens that are
-               written but never attended to (left padding).
-  cache:       decode cache; the new tokens are written at `cache.index` and attend to the valid
-               cache slots (plus each other causally). The updated cache is returned.
-  prefix:      shared per-problem prompt keys (rows grouped as [problems, batch // problems]).
-  cache_read_buckets: with a cache, attention reads only the written part of the ring, rounded
-               up to one of this many static sizes (`lax.switch`): early decode steps read a
-               fraction of a long cache. 1 = always read every slot.
-  """
+  xs: per-layer inputs, each a stacked array, a per-layer tuple (as the weights) or None.
+  Returns (x, outputs stacked, or per field a tuple per layer). Stacked weights run under
+  `lax.scan` with the residual pinned at block boundaries, per-layer ones as a Python loop."""
+  if w.stacked:
+    def body(x, step_xs):
+      lw, layer_xs = step_xs
+      x, ys = block(lw, constrain(x, RESIDUAL, "block input"), layer_xs)
+      return constrain(x, RESIDUAL, "block output"), ys
+    return jax.lax.scan(_remat(body, cfg) if cfg.remat else body, x, (w.layers, xs))
+  block = _remat(block, cfg) if cfg.remat else block
+  ys = []
+  for i, lw in enumerate(w.layers):
+    x, y = block(lw, x, tuple(None if s is None else s[i] for s in xs))
+    ys.append(y)
+  return x, jax.tree.map(lambda *a: tuple(a), *ys)
+
+
+def _embed(w: Weights, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+  # The lookup reads a replicated table (one all-gather of [vocab, embed], in compute dtype):
+  # GSPMD cannot gather rows of a vocab x embed-sharded table into batch-sharded rows itself.
+  table = constrain(w.embed.astype(jnp.dtype(cfg.compute_dtype)), (None, None), "embedding table")
+  return constrain(jnp.take(table, tokens, axis=0), RESIDUAL, "embedding")
+
+
+def _inputs(tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None,
+            cfg: ModelConfig) -> tuple[Rope, jax.Array]:
+  """(RoPE tables, segment ids) with the defaults: positions 0..t-1, one segment."""
   b, t = tokens.shape
-  dtype = jnp.dtype(cfg.compute_dtype)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
-  cos, sin = rope_tables(positions, cfg)
-  # The lookup reads a replicated table (one all-gather of [vocab, embed], in compute dtype):
-  # GSPMD cannot gather rows of a vocab x embed-sharded table into batch-sharded rows itself.
-  table = constrain(params["embed"].astype(dtype), (None, None), "embedding table")
-  x = constrain(jnp.take(table, tokens, axis=0), RESIDUAL, "embedding")
+  return Rope(*rope_tables(positions, cfg)), segment_ids
 
-  self_mask = ctx = new_valid = None
-  if cache is None:
-    self_mask = _self_mask(segment_ids)
-  else:
-    ctx, new_valid = _cache_context(cache, segment_ids != 0, cache_read_buckets)
 
-  layers = params["layers"]
-  unrolled = isinstance(layers, (list, tuple))
+def forward(w: Weights, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
+            *, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Final hidden states [batch, seq, embed] of whole sequences tokens [batch, seq] (training,
+  scoring); `lm_head` makes logits of them.
+
+  positions:   [batch, seq] RoPE positions (default 0..seq-1).
+  segment_ids: [batch, seq] packed-sequence ids, 0 = padding (default all 1): a token attends
+               to the earlier tokens of its own segment.
+  """
+  check_layout(w, cfg)
+  rope, segment_ids = _inputs(tokens, positions, segment_ids, cfg)
+  x = _embed(w, cfg, tokens)
+  mask = _self_mask(segment_ids)
+  x, _ = _run_layers(lambda lw, x, _: (_train_block(lw, x, rope, mask, cfg), None), x, w, (), cfg)
+  return rms_norm(x, w.final_norm, cfg.rms_norm_eps)
+
+
+def forward_logits(w: Weights, cfg: ModelConfig, tokens: jax.Array,
+                   positions: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
+                   logits_dtype=jnp.float32) -> jax.Array:
+  """Logits [batch, seq, vocab] of `forward`."""
+  hidden = forward(w, cfg, tokens, positions, segment_ids=segment_ids)
+  return constrain(lm_head(w, cfg, hidden, logits_dtype), LOGITS, "logits")
+
+
+def _check_sources(w: Weights, cache: KVCache, prefix: Prefix | None) -> None:
+  """A cache and a prefix must be stacked or per layer like the weights (and as many layers)."""
+  n = (len(w.layers) if not w.stacked else jax.tree.leaves(w.layers)[0].shape[0])
   for name, c in (("cache", cache), ("prefix", prefix)):
-    if c is not None and isinstance(c.k, (list, tuple)) != unrolled:
-      raise ValueError(f"{name} layout ({'per-layer' if isinstance(c.k, (list, tuple)) else 'stacked'})"
-                       f" does not match the params ({'per-layer' if unrolled else 'stacked'})")
-  new_k, new_v = [], []
-  if unrolled:
-    for i, lp in enumerate(layers):
-      ckv = None if cache is None else (cache.k[i], cache.v[i])
-      pkv = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid,
-                                            prefix.row_slot)
-      block = _remat(_block, cfg, static_argnums=(8,)) if cfg.remat else _block
-      x, upd = block(lp, x, cos, sin, self_mask, ckv, ctx, pkv, cfg)
-      if upd is not None:
-        new_k.append(upd[0])
-        new_v.append(upd[1])
-    stacked_k, stacked_v = tuple(new_k), tuple(new_v)
-  else:
-    def body(x, xs):
-      lp, ck, cv, pk, pv = xs
-      ckv = None if ck is None else (ck, cv)
-      pkv = None if pk is None else (pk, pv, prefix.valid, prefix.row_slot)
-      x, upd = _block(lp, constrain(x, RESIDUAL, "block input"), cos, sin, self_mask, ckv, ctx,
-                      pkv, cfg)
-      return constrain(x, RESIDUAL, "block output"), (None, None) if upd is None else upd
-    if cfg.remat:
-      body = _remat(body, cfg)
-    xs = (layers,
-          None if cache is None else cache.k, None if cache is None else cache.v,
-          None if prefix is None else prefix.k, None if prefix is None else prefix.v)
-    x, (stacked_k, stacked_v) = jax.lax.scan(body, x, xs)
-
-  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-  new_cache = None
-  if cache is not None:
-    new_cache = KVCache(k=stacked_k, v=stacked_v, valid=new_valid, index=cache.index + t)
-  if return_hidden:
-    return x, new_cache
-  return constrain(lm_head(params, cfg, x, logits_dtype), LOGITS, "logits"), new_cache
+    if c is None:
+      continue
+    per_layer = isinstance(c.k, (list, tuple))
+    if per_layer == w.stacked:
+      raise ValueError(f"{name} layout ({'per-layer' if per_layer else 'stacked'}) does not "
+                       f"match the weights ({'stacked' if w.stacked else 'per-layer'})")
+    if (len(c.k) if per_layer else c.k.shape[0]) != n:
+      raise ValueError(f"{name} holds {len(c.k) if per_layer else c.k.shape[0]} layers, the "
+                       f"weights {n}")
 
 
-def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, logits_dtype=jnp.float32) -> jax.Array:
+def _cached_layers(w: Weights, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None,
+                   cache: KVCache, segment_ids: jax.Array | None, prefix: Prefix | None,
+                   cache_read_buckets: int) -> tuple[jax.Array, KVCache]:
+  """Final hidden states of new tokens written into `cache` (and reading `prefix`)."""
+  check_layout(w, cfg)
+  _check_sources(w, cache, prefix)
+  rope, segment_ids = _inputs(tokens, positions, segment_ids, cfg)
+  x = _embed(w, cfg, tokens)
+  ctx, new_valid = _cache_context(cache, segment_ids != 0, cache_read_buckets)
+
+  def block(lw, x, layer_xs):
+    ck, cv, pk, pv = layer_xs
+    pre = None if prefix is None else LayerPrefix(pk, pv, prefix.valid, prefix.row_slot)
+    return _cached_block(lw, x, rope, LayerCache(ck, cv), ctx, pre, cfg)
+
+  xs = (cache.k, cache.v) + ((None, None) if prefix is None else (prefix.k, prefix.v))
+  x, new = _run_layers(block, x, w, xs, cfg)
+  x = rms_norm(x, w.final_norm, cfg.rms_norm_eps)
+  return x, KVCache(k=new.k, v=new.v, valid=new_valid, index=cache.index + tokens.shape[1])
+
+
+def prefill(w: Weights, cfg: ModelConfig, tokens: jax.Array, cache: KVCache, *,
+            positions: jax.Array | None = None,
+            segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+  """Prompts tokens [batch, seq] into `cache` (written at `cache.index`, attending to its valid
+  slots and to each other causally). Returns (final hidden states [batch, seq, embed], cache).
+
+  segment_ids: 0 marks tokens that are written but never attended to (padding).
+  """
+  return _cached_layers(w, cfg, tokens, positions, cache, segment_ids, None, 1)
+
+
+def decode_step(w: Weights, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+                cache: KVCache, *, segment_ids: jax.Array | None = None,
+                prefix: Prefix | None = None, cache_read_buckets: int = 1,
+                logits_dtype=jnp.float32) -> tuple[jax.Array, KVCache]:
+  """Next-token logits [batch, t, vocab] of tokens [batch, t] (one per row when decoding) at
+  `positions`, written into `cache`; each row also reads the shared `prefix` (rows grouped as
+  [problems, batch // problems], or by `prefix.row_slot`). Returns (logits, cache).
+
+  segment_ids: 0 marks rows whose tokens are written but never attended to (idle rows).
+  cache_read_buckets: attention reads only the written part of the ring, rounded up to one of
+               this many static sizes (`lax.switch`): early steps read a fraction of a long
+               cache. 1 = always read every slot.
+  """
+  x, cache = _cached_layers(w, cfg, tokens, positions, cache, segment_ids, prefix,
+                            cache_read_buckets)
+  return constrain(lm_head(w, cfg, x, logits_dtype), LOGITS, "logits"), cache
+
+
+def lm_head(w: Weights, cfg: ModelConfig, x: jax.Array, logits_dtype=jnp.float32) -> jax.Array:
   """x [..., embed] -> logits [..., vocab] (tied embeddings use `embed` transposed)."""
   dtype = x.dtype
   if cfg.tie_word_embeddings:
-    return jnp.einsum("...e,ve->...v", x, params["embed"].astype(dtype),
+    return jnp.einsum("...e,ve->...v", x, w.embed.astype(dtype),
                       preferred_element_type=jnp.float32).astype(logits_dtype)
-  return jnp.einsum("...e,ev->...v", x, params["lm_head"].astype(dtype),
+  return jnp.einsum("...e,ev->...v", x, w.lm_head.astype(dtype),
                     preferred_element_type=jnp.float32).astype(logits_dtype)
 
 
@@ -636,5 +584,5 @@ def prefix_from_cache(cache: KVCache) -> Prefix:
                 valid=cache.valid)
 
 
-def to_numpy_tree(params: Params) -> Params:
+def to_numpy_tree(params: Any) -> Any:
   return jax.tree.map(np.asarray, params)

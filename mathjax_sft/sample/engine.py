@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from mathjax_sft.model import llama
+from mathjax_sft.model import llama, weights
+from mathjax_sft.model.weights import Weights
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sample.book import SampleBook, SampleEnd, Samples
 from mathjax_sft.sample.pool import Problem, SlotPool, WorkItem
@@ -73,7 +74,7 @@ class EngineConfig:
   stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids (matched on device)
   stop_strings: tuple[str, ...] = ()     # matched on decoded text (needs `detokenize`)
   max_prompt_len: int | None = None
-  cache_read_buckets: int = 1      # see llama.forward (the pool's ring is shared, so the
+  cache_read_buckets: int = 1      # see llama.decode_step (the pool's ring is shared, so the
                                    # written part is all of it after the first chunks)
   min_tail_rows: int = 8           # once no sample is left to queue, the rows halve whenever the
                                    # live ones fit, down to this many (one more decode program per
@@ -150,15 +151,15 @@ def step_flops(cfg: ModelConfig, rows: int, keys: int) -> float:
 
 def fuses(mesh: Mesh | None) -> bool:
   """Whether the decode layout concatenates q/k/v and gate/up (only where `tensor` is
-  unsharded); under tensor parallelism it stacks gate/up instead (`llama.fuse_layers`)."""
+  unsharded); under tensor parallelism it stacks gate/up instead (`weights.fuse_layers`)."""
   return mesh is None or mesh.shape.get("tensor", 1) == 1
 
 
-def engine_param_axes(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params:
-  return llama.fused_param_axes(cfg, concat=fuses(mesh))
+def engine_param_axes(cfg: ModelConfig, mesh: Mesh | None) -> Weights:
+  return weights.fused_param_axes(cfg, concat=fuses(mesh))
 
 
-def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params | None:
+def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> Weights | None:
   """Shardings of the decode layout's params (None without a mesh: default device)."""
   if mesh is None:
     return None
@@ -166,54 +167,62 @@ def engine_param_shardings(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params 
                                        abstract_engine_params(cfg, mesh))
 
 
-def abstract_engine_params(cfg: ModelConfig, mesh: Mesh | None) -> llama.Params:
+def abstract_engine_params(cfg: ModelConfig, mesh: Mesh | None) -> Weights:
   """Shapes / dtypes of the decode layout's params."""
   return jax.eval_shape(lambda p: _relayout(p, fuses(mesh)), llama.abstract_params(cfg))
 
 
-def _relayout(params: llama.Params, concat: bool) -> llama.Params:
-  return llama.fuse_layers(llama.unstack_layers(params), concat)
+def _relayout(params: Weights, concat: bool) -> Weights:
+  return weights.fuse_layers(weights.unstack_layers(params), concat)
 
 
-def prepare_params(params: llama.Params, cfg: ModelConfig, mesh: Mesh | None,
-                   donate: bool = False) -> llama.Params:
-  """Stacked (or per-layer) params -> the decode layout, one stacked tensor at a time.
+def _split_layers(params: Weights, mesh: Mesh | None, donate: bool) -> Weights:
+  """Stacked layers -> per-layer weights, one stacked tensor at a time."""
+  layers = params.layers
+  n = jax.tree.leaves(layers)[0].shape[0]
+  per_layer: list[dict] = [{} for _ in range(n)]
+  for name, stacked in weights.layer_to_dict(layers).items():
+    out_sh = None
+    if mesh is not None:
+      spec = stacked.sharding.spec
+      out_sh = NamedSharding(mesh, jax.sharding.PartitionSpec(*tuple(spec)[1:]))
+    split = jax.jit(lambda x: tuple(x[i] for i in range(n)),
+                    out_shardings=None if out_sh is None else (out_sh,) * n)
+    for i, piece in enumerate(split(stacked)):
+      per_layer[i][name] = piece
+    if donate:
+      stacked.delete()
+  return dataclasses.replace(params, layers=tuple(type(layers)(**d) for d in per_layer))
+
+
+def prepare_params(params: Weights, cfg: ModelConfig, mesh: Mesh | None,
+                   donate: bool = False) -> Weights:
+  """Stacked (or per-layer) train-layout weights -> the decode layout, one stacked tensor at a
+  time.
 
   With `donate`, each input buffer is deleted as soon as its slices (or its fused tensor) exist:
   the caller's arrays are consumed and at most one stacked tensor exists twice at any moment.
   (XLA cannot alias a stacked buffer to its slices, so the buffers are deleted explicitly.)"""
+  weights.check_layout(params, cfg, "sampler params")
+  if params.layer_type is not weights.LayerWeights:
+    raise TypeError(f"sampler params: expected the train layout (LayerWeights), got "
+                    f"{params.layer_type.__name__}")
   fuse = fuses(mesh)   # concatenate (else stack gate/up)
-  if isinstance(params["layers"], dict):
-    layers = params["layers"]
-    n = next(iter(layers.values())).shape[0]
-    per_layer: list[dict] = [{} for _ in range(n)]
-    for name in list(layers):
-      stacked = layers[name]
-      out_sh = None
-      if mesh is not None:
-        spec = stacked.sharding.spec
-        out_sh = NamedSharding(mesh, jax.sharding.PartitionSpec(*tuple(spec)[1:]))
-      split = jax.jit(lambda x: tuple(x[i] for i in range(n)),
-                      out_shardings=None if out_sh is None else (out_sh,) * n)
-      for i, piece in enumerate(split(stacked)):
-        per_layer[i][name] = piece
-      if donate:
-        stacked.delete()
-    params = dict(params, layers=per_layer)
+  if params.stacked:
+    params = _split_layers(params, mesh, donate)
   layer_sh = None
   if mesh is not None:
-    layer_sh = engine_param_shardings(cfg, mesh)["layers"][0]
-  fuse_one = jax.jit(lambda layer: llama.fuse_layers({"layers": [layer]}, fuse)["layers"][0],
-                     out_shardings=layer_sh)
-  groups = llama.FUSED if fuse else llama.STACKED
+    layer_sh = engine_param_shardings(cfg, mesh).layers[0]
+  fuse_one = jax.jit(lambda layer: weights.fuse_layer(layer, fuse), out_shardings=layer_sh)
+  groups = weights.FUSED if fuse else weights.STACKED
   fused = []
-  for layer in params["layers"]:
+  for layer in params.layers:
     fused.append(fuse_one(layer))
     if donate:
       for parts in groups.values():
         for part in parts:
-          layer[part].delete()
-  return dict(params, layers=fused)
+          getattr(layer, part).delete()
+  return dataclasses.replace(params, layers=tuple(fused))
 
 
 # ---- device state ----------------------------------------------------------------------------
@@ -276,7 +285,7 @@ class Engine:
 
   `params=None` builds the programs only (ahead-of-time compilation: `aot.check_sample`)."""
 
-  def __init__(self, params: llama.Params | None, cfg: ModelConfig, engine_cfg: EngineConfig,
+  def __init__(self, params: Weights | None, cfg: ModelConfig, engine_cfg: EngineConfig,
                mesh: Mesh | None = None, donate: bool = False,
                detokenize: Detokenize | None = None):
     self.cfg = cfg
@@ -364,8 +373,8 @@ class Engine:
     t = tokens.shape[1]
     valid = jnp.arange(t)[None, :] < length
     cache = llama.init_cache(self.cfg, 1, t, stacked=False, dtype=self.cfg.compute_dtype)
-    hidden, cache = llama.forward(params, self.cfg, tokens, segment_ids=valid.astype(jnp.int32),
-                                  cache=cache, return_hidden=True)
+    hidden, cache = llama.prefill(params, self.cfg, tokens, cache,
+                                  segment_ids=valid.astype(jnp.int32))
     last = jax.lax.dynamic_index_in_dim(hidden[0], length - 1, axis=0)      # [1, E]
     logits = llama.lm_head(params, self.cfg, last)                          # [1, V]
     keys = _sample_keys(seed, key, jnp.arange(num_samples))
@@ -414,9 +423,10 @@ class Engine:
 
       positions = (pool.length[slot] + length - 1)[:, None]
       prefix = dataclasses.replace(pool.prefix, row_slot=slot)
-      logits, cache = llama.forward(params, cfg, token[:, None], positions,
-                                    segment_ids=active[:, None].astype(jnp.int32), cache=cache,
-                                    prefix=prefix, cache_read_buckets=self.ecfg.cache_read_buckets)
+      logits, cache = llama.decode_step(params, cfg, token[:, None], positions, cache,
+                                        segment_ids=active[:, None].astype(jnp.int32),
+                                        prefix=prefix,
+                                        cache_read_buckets=self.ecfg.cache_read_buckets)
       keys = _sample_keys(seed, pool.key[slot], index)
       u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i)))(keys, length)
       nxt = sample_tokens(logits[:, 0], u, sampler)

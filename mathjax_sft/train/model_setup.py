@@ -33,9 +33,9 @@ def model_config(m: ModelSettings) -> ModelConfig:
 
 
 def relayout(params: llama.Params, stacked: bool, shardings: Any) -> llama.Params:
-  """Stacked <-> per-layer list, inside one jit so every tensor lands in its sharding."""
+  """Stacked <-> per-layer weights, inside one jit so every tensor lands in its sharding."""
   fn = llama.stack_layers if stacked else llama.unstack_layers
-  if isinstance(params["layers"], dict) == stacked:
+  if params.stacked == stacked:
     return params
   return jax.jit(fn, out_shardings=shardings)(params)
 

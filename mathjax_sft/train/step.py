@@ -45,8 +45,8 @@ def _chunk_loss(params: llama.Params, cfg: ModelConfig, hidden: jax.Array, targe
 
 def loss_sums(params: llama.Params, cfg: ModelConfig, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(sum of masked token cross-entropies, number of loss tokens), both f32 scalars."""
-  hidden, _ = llama.forward(params, cfg, batch["inputs"], batch["positions"],
-                            segment_ids=batch["segment_ids"], return_hidden=True)   # [b, t, e]
+  hidden = llama.forward(params, cfg, batch["inputs"], batch["positions"],
+                         segment_ids=batch["segment_ids"])                         # [b, t, e]
   mask = batch["loss_mask"].astype(jnp.float32)
   targets = batch["targets"]
   b, t, e = hidden.shape

@@ -80,7 +80,7 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2_checkpoint, smollm
   params = llama.unstack_layers(params)
   with torch.no_grad():
     want = hf_model(torch.tensor([ids])).logits.numpy()
-  got, _ = jax.jit(lambda p, t: llama.forward(p, cfg, t))(params, np.array([ids]))
+  got = jax.jit(lambda p, t: llama.forward_logits(p, cfg, t))(params, np.array([ids]))
   diff = float(np.abs(np.asarray(got) - want).max())
   print(f"SmolLM2 GSM8K prompt ({len(ids)} tokens): max |logit diff| = {diff:.2e}")
   assert diff < 1e-3
@@ -92,7 +92,7 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2_checkpoint, smollm
     hf_ids = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                max_new_tokens=32, do_sample=False, eos_token_id=None,
                                pad_token_id=2)[0, len(ids):].tolist()
-  step = jax.jit(lambda p, t, pos, c: llama.forward(p, cfg, t, pos, cache=c))
+  step = jax.jit(lambda p, t, pos, c: llama.decode_step(p, cfg, t, pos, c))
   cache = llama.init_cache(cfg, 1, len(ids) + 32, stacked=False)
   logits, cache = step(params, np.array([ids]), np.arange(len(ids))[None], cache)
   ours = []

@@ -62,7 +62,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, byte_tokenizer):
   # fine-tuning changed the weights that were sampled
   tuned, _ = ckpt.load_params(out / "sft_4" / "final")
   base_params, _ = ckpt.load_params(base)
-  assert not np.allclose(tuned["layers"]["wq"], base_params["layers"]["wq"])
+  assert not np.allclose(tuned.layers.wq, base_params.layers.wq)
   # a second run finds every stage done and gives the same table
   mtime = (out / "sft_4" / "eval" / "summary.json").stat().st_mtime
   assert reproduce.run(rc) == json.loads((out / "results.json").read_text())

@@ -1,6 +1,7 @@
 """Sampling engine: greedy == transformers, shared prefix == independent recomputation, samples
 independent of pool / chunk / order, stop strings on decoded text, accounting of work."""
 
+import dataclasses
 import functools
 import gc
 import json
@@ -59,7 +60,7 @@ def _reference_sample(params, cfg, prompt, seed, pkey, j, steps, sampling, stop_
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def _ref_step(params, cfg, tokens, u, sampling):
-  logits, _ = llama.forward(params, cfg, tokens)
+  logits = llama.forward_logits(params, cfg, tokens)
   return sample_tokens(logits[:, -1], u, sampling.traced())[0]
 
 
@@ -68,7 +69,7 @@ def tiny():
   cfg = preset("tiny", eos_token_ids=(5,))
   params = llama.init_params(cfg, jax.random.key(0))
   # sharpen the output distribution so samples are neither uniform noise nor all equal
-  params = dict(params, lm_head=params["lm_head"] * 40.0)
+  params = dataclasses.replace(params, lm_head=params.lm_head * 40.0)
   rng = np.random.RandomState(0)
   prompts = [list(rng.randint(6, 256, n)) for n in (5, 11, 8)]
   return cfg, params, prompts
@@ -159,7 +160,7 @@ def test_tail_shrinks_the_pool_without_changing_samples(tiny, mesh_shape):
 
 def test_eos_stops_rows_and_loop_exits_early(tiny):
   cfg, params, prompts = tiny
-  logits, _ = llama.forward(params, cfg, np.array([prompts[0]]))
+  logits = llama.forward_logits(params, cfg, np.array([prompts[0]]))
   likely = int(jnp.argmax(logits[0, -1]))        # greedy's first token: make it a stop token
   engine = Engine(params, cfg.replace(eos_token_ids=(likely,)),
                   EngineConfig(max_new_tokens=64, rows=2, chunk_steps=4))
@@ -293,7 +294,7 @@ def test_engine_holds_one_copy_of_the_weights(mesh_shape):
   live = sum(x.nbytes for x in jax.live_arrays()) - baseline
   assert live <= 1.01 * weight_bytes, (live, weight_bytes)
   if mesh is not None:    # tensor-parallel decode layout: heads split over the 2 devices
-    wq = engine.params["layers"][0]["wq"]
+    wq = engine.params.layers[0].wq
     assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)
   got = engine.generate([[5, 6, 7], [8, 9]], ["a", "b"], 3, sampling)
   assert [s.tokens for s in got] == [s.tokens for s in want]

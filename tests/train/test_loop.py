@@ -1,5 +1,6 @@
 """The run loop in-process: learning on real GSM8K, metrics files, eval, export, NaN stop."""
 
+import dataclasses
 import json
 import math
 
@@ -49,7 +50,7 @@ def test_tiny_model_learns_gsm8k_slice(byte_tokenizer, tmp_path):
   import transformers
   hf = transformers.AutoModelForCausalLM.from_pretrained(result.hf_dir, dtype=torch.float32)
   tokens = np.arange(3, 40, dtype=np.int32)[None]
-  ours, _ = llama.forward(params, cfg.replace(compute_dtype="float32"), tokens)
+  ours = llama.forward_logits(params, cfg.replace(compute_dtype="float32"), tokens)
   with torch.no_grad():
     theirs = hf(torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
@@ -73,8 +74,9 @@ def test_fine_tuning_starts_from_the_init_checkpoint(byte_tokenizer, tmp_path, m
     np.add.at(counts, ids, 1)
   cfg = preset("tiny", vocab_size=helpers.TINY_VOCAB)
   params = jax.device_get(llama.init_params(cfg, jax.random.PRNGKey(7)))
-  params["embed"] = params["embed"] + 1.0     # the residual stream ~ ones, so logits ~ log p
-  params["lm_head"] = np.tile(np.log(counts / counts.sum()), (cfg.hidden_size, 1)) / cfg.hidden_size
+  params = dataclasses.replace(
+      params, embed=params.embed + 1.0,    # the residual stream ~ ones, so logits ~ log p
+      lm_head=np.tile(np.log(counts / counts.sum()), (cfg.hidden_size, 1)) / cfg.hidden_size)
   params_ckpt.save_params(tmp_path / "ckpt", params, cfg)
   batches = []
   make_train_step = step_lib.make_train_step
@@ -94,8 +96,8 @@ def test_fine_tuning_starts_from_the_init_checkpoint(byte_tokenizer, tmp_path, m
   seen = {}
   result = train(c, step_callback=lambda s, m: seen.__setitem__(s, m))
   b = batches[0]
-  logits, _ = jax.jit(lambda p, b: llama.forward(p, cfg, b["inputs"], b["positions"],
-                                                 segment_ids=b["segment_ids"]))(params, b)
+  logits = jax.jit(lambda p, b: llama.forward_logits(p, cfg, b["inputs"], b["positions"],
+                                                     segment_ids=b["segment_ids"]))(params, b)
   logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
   nll = -np.take_along_axis(np.asarray(logp), b["targets"][..., None], -1)[..., 0]
   expected = (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()

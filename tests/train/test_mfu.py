@@ -1,5 +1,6 @@
 """Model FLOPs per token, MFU, and where the peak FLOP/s comes from."""
 
+import dataclasses
 import types
 
 import jax
@@ -28,8 +29,9 @@ def test_flops_per_token_is_six_matmul_params_plus_causal_attention():
   for name in ("tiny", "tiny-mha", "smollm2-135m", "llama2-70b"):
     cfg = preset(name)
     shapes = llama.abstract_params(cfg, stacked=False)
-    weights = sum(x.size for lp in shapes["layers"] for n, x in lp.items() if "norm" not in n)
-    head = shapes["embed"].size if cfg.tie_word_embeddings else shapes["lm_head"].size
+    weights = sum(x.size for lp in shapes.layers for n, x in dataclasses.asdict(lp).items()
+                  if "norm" not in n)
+    head = shapes.embed.size if cfg.tie_word_embeddings else shapes.lm_head.size
     expected = 6 * (weights + head) + 6 * cfg.num_layers * 512 * cfg.num_heads * cfg.head_dim
     assert cfg.flops_per_token(512) == expected, name
 

@@ -1,5 +1,7 @@
 """The train step: masked loss, sharded == single device, accumulation == one big batch."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +39,8 @@ def test_prompt_tokens_contribute_nothing():
   loss_fn = jax.jit(lambda p, b: step_lib.loss_sums(p, CFG, b))
   loss_sum, n = loss_fn(params, batch)
   # the same number by hand from the logits
-  logits, _ = jax.jit(lambda p, b: llama.forward(p, CFG, b["inputs"], b["positions"],
-                                                 segment_ids=b["segment_ids"]))(params, batch)
+  logits = jax.jit(lambda p, b: llama.forward_logits(p, CFG, b["inputs"], b["positions"],
+                                                     segment_ids=b["segment_ids"]))(params, batch)
   logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
   nll = -np.take_along_axis(np.asarray(logp), batch["targets"][..., None], -1)[..., 0]
   assert float(n) == batch["loss_mask"].sum()
@@ -83,10 +85,10 @@ def test_sharded_step_matches_one_device():
   one, m1 = _run_step(make_mesh((1, 1, 1), jax.devices()[:1]), batch)
   mesh = make_mesh((2, 2, 2))
   eight, m8 = _run_step(mesh, batch)
-  wq = eight.params["layers"]["wq"]
+  wq = eight.params.layers.wq
   assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert len({d for s in wq.addressable_shards for d in [s.device]}) == 8
-  mu = eight.opt_state[1][0].mu["layers"]["wq"]          # chain(clip, adamw)[adam] state
+  mu = eight.opt_state[1][0].mu.layers.wq                # chain(clip, adamw)[adam] state
   assert mu.sharding.spec == wq.sharding.spec
   np.testing.assert_allclose(m8["loss"], m1["loss"], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
@@ -146,10 +148,10 @@ def _one_step(params, cfg, batch, ocfg):
 def test_weight_decay_mask_comes_from_logical_axes():
   for stacked in (True, False):
     mask = optimizer.decay_mask(llama.param_axes(CFG, stacked))
-    layers = mask["layers"] if stacked else mask["layers"][0]
+    layers = mask.layers if stacked else mask.layers[0]
     assert layers["attn_norm"] is False and layers["mlp_norm"] is False
-    assert mask["final_norm"] is False
-    assert layers["wq"] is True and layers["w_down"] is True and mask["embed"] is True
+    assert mask.final_norm is False
+    assert layers.wq is True and layers.w_down is True and mask.embed is True
 
 
 def test_weight_decay_spares_norms_and_scan_equals_unrolled():
@@ -157,15 +159,16 @@ def test_weight_decay_spares_norms_and_scan_equals_unrolled():
                                    weight_decay=0.5, eps=1e-6)
   cfg = CFG.replace(scan_layers=True)
   stacked = llama.init_params(cfg, jax.random.PRNGKey(2))
-  stacked["layers"]["attn_norm"] = stacked["layers"]["attn_norm"] * 1.5   # not all ones
+  stacked = dataclasses.replace(stacked, layers=dataclasses.replace(
+      stacked.layers, attn_norm=stacked.layers.attn_norm * 1.5))           # not all ones
   # no loss token: zero gradients, so the step is weight decay alone
   quiet = dict(_batch(), loss_mask=np.zeros((8, 32), np.int32))
   after = _one_step(stacked, cfg, quiet, ocfg)
-  np.testing.assert_array_equal(np.asarray(after["layers"]["attn_norm"]),
-                                np.asarray(stacked["layers"]["attn_norm"]))
-  np.testing.assert_array_equal(np.asarray(after["final_norm"]), np.asarray(stacked["final_norm"]))
-  np.testing.assert_allclose(np.asarray(after["layers"]["wq"]),
-                             np.asarray(stacked["layers"]["wq"]) * (1 - 1e-2 * 0.5), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(after.layers.attn_norm),
+                                np.asarray(stacked.layers.attn_norm))
+  np.testing.assert_array_equal(np.asarray(after.final_norm), np.asarray(stacked.final_norm))
+  np.testing.assert_allclose(np.asarray(after.layers.wq),
+                             np.asarray(stacked.layers.wq) * (1 - 1e-2 * 0.5), rtol=1e-6)
   # with a real loss, a scanned step equals an unrolled one from the same weights (to 1e-3 of
   # an Adam step: embedding rows with ~0 gradient turn summation-order noise into up to
   # ~1e-5; decaying the stacked norms, as the ndim-based mask did, differs by 7.5e-3)
