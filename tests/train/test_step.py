@@ -149,7 +149,7 @@ def test_weight_decay_mask_comes_from_logical_axes():
   for stacked in (True, False):
     mask = optimizer.decay_mask(llama.param_axes(CFG, stacked))
     layers = mask.layers if stacked else mask.layers[0]
-    assert layers["attn_norm"] is False and layers["mlp_norm"] is False
+    assert layers.attn_norm is False and layers.mlp_norm is False
     assert mask.final_norm is False
     assert layers.wq is True and layers.w_down is True and mask.embed is True
 
