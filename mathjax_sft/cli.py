@@ -6,18 +6,22 @@ section's fields are `--section.field`. With `prefix="config."` and a base tree 
 config file (the trainer), only the flags given on the command line override the file.
 Values are parsed by the field's own type: `none` sets an optional field to None, a tuple
 field takes comma-separated values, a str field with choices rejects anything else.
+Every tool starts its main with `run(main)`: a mistake on the command line, or a `UserError`
+the library raises for a flag, file or line the user gave, ends the tool with one line on stderr
+(`TOOL: error: MESSAGE`) and exit status 2; any other exception keeps its traceback.
 Only the tools import this module (the library itself does not need absl).
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from absl import app, flags
 
-from mathjax_sft import configtree
+from mathjax_sft import configtree, errors
 
 
 class _LeafParser(flags.ArgumentParser):
@@ -88,7 +92,15 @@ class TreeFlags:
 
   def value(self, base: Any = None, **fixed: Any) -> Any:
     """The tree: `base` with the present flags applied, or (no base) every flag's value;
-    `fixed` sets the excluded fields."""
+    `fixed` sets the excluded fields. A value the tree's own checks refuse is a UserError."""
+    try:
+      return self._value(base, fixed)
+    except errors.UserError:
+      raise
+    except ValueError as e:
+      raise errors.BadInput(str(e)) from e
+
+  def _value(self, base: Any, fixed: dict[str, Any]) -> Any:
     if base is not None:
       return configtree.replace_paths(base, {**self.present(), **fixed})
     values = {l.path: self.flag(l.path).value for l in self.leaves}
@@ -103,15 +115,42 @@ class TreeFlags:
     return configtree.from_dict(self.cls, nested)
 
 
+def tool_name() -> str:
+  return Path(sys.argv[0]).name
+
+
+def error_line(message: Any) -> str:
+  """`TOOL: error: MESSAGE` on one line."""
+  return f"{tool_name()}: error: {errors.one_line(message)}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a command-line mistake as one line naming the flag (no usage
   text, no traceback)."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"{Path(argv[0]).name}: {' '.join(str(e).split())} (--help lists the flags)")
+    print(error_line(f"{e} (--help lists the flags)"), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _traceback_wanted() -> bool:
+  """--verbosity=1 (or more) or $MATHJAX_TRACEBACK: a user error shows its traceback too."""
+  return errors.traceback_wanted() or (flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run(main)` with `parse_flags`."""
-  app.run(main, flags_parser=parse_flags)
+  """`absl.app.run(main)` with `parse_flags`; a `UserError` raised by main ends the tool with
+  one line on stderr (`TOOL: error: MESSAGE`) and exit status 2. Any other exception keeps its
+  traceback."""
+
+  def guarded(argv: list[str]) -> Any:
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      if _traceback_wanted():
+        traceback.print_exc()
+      print(error_line(e), file=sys.stderr, flush=True)
+      sys.exit(2)
+
+  app.run(guarded, flags_parser=parse_flags)

@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft import errors
+
 _SCALARS = (bool, int, float, str, Path)
 
 
@@ -170,14 +172,14 @@ def load_file(path: str | Path, expected: type) -> Any:
   """The tree returned by `get_config()` of a Python config file (configs/*.py)."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"config file {path} does not exist")
+    raise errors.MissingInput(f"config file {path} does not exist", file=path)
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ValueError(f"{path}: defines no get_config()")
+    raise errors.BadInput(f"{path}: defines no get_config()", file=path)
   config = module.get_config()
   if not isinstance(config, expected):
-    raise TypeError(f"{path}: get_config() returned {type(config).__name__}, expected "
+    raise errors.BadInput(f"{path}: get_config() returned {type(config).__name__}, expected "
                     f"{expected.__name__}")
   return config

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from mathjax_sft import cli, configtree  # noqa: E402
+from mathjax_sft import cli, configtree, errors  # noqa: E402
 from mathjax_sft.aot_config import AotCheckConfig  # noqa: E402
 from mathjax_sft.train.config import TrainConfig  # noqa: E402
 
@@ -40,12 +40,12 @@ _CHECK = cli.TreeFlags(AotCheckConfig)
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   c = _OVERRIDES.value(configtree.load_file(_CONFIG_FILE.value, TrainConfig))
   a = _CHECK.value()
   topology = a.topology or c.mesh.topology
   if not topology:
-    raise app.UsageError("no --topology and the config names none (its mesh.topology)")
+    raise errors.UserError("no --topology and the config names none (its mesh.topology)")
   if topology.startswith("cpu"):
     count = topology.split(":", 1)[1] if ":" in topology else "8"
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={count}")
@@ -66,8 +66,8 @@ def main(argv):
   m = c.model
   if m.init_checkpoint and not params_ckpt.is_checkpoint_dir(m.init_checkpoint):
     if not m.preset:
-      raise app.UsageError(f"model.init_checkpoint {m.init_checkpoint} is not converted yet and "
-                           "the config names no model.preset for its shape")
+      raise errors.UserError(f"model.init_checkpoint {m.init_checkpoint} is not converted yet and "
+                             "the config names no model.preset for its shape")
     print(f"aot_check: {m.init_checkpoint} is not converted here: using the shape of "
           f"model.preset={m.preset}", file=sys.stderr)
     c = c.replace({"model.init_checkpoint": ""})

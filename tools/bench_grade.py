@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app  # noqa: E402
 
-from mathjax_sft import cli  # noqa: E402
+from mathjax_sft import cli, errors  # noqa: E402
 from mathjax_sft.eval import grade_bench  # noqa: E402
 
 _CONFIG = cli.TreeFlags(grade_bench.GradeBenchConfig)
@@ -30,7 +29,7 @@ _CONFIG = cli.TreeFlags(grade_bench.GradeBenchConfig)
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value()
   result = grade_bench.run_config(c)
   text = json.dumps(result, indent=1, ensure_ascii=False)

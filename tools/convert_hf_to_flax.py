@@ -7,9 +7,8 @@ checkpoint directory (orbax params + config.json + tokenizer files).
 
 import json
 
-from absl import app
 
-from mathjax_sft import cli, logs, paths
+from mathjax_sft import cli, errors, logs, paths
 from mathjax_sft.convert import api
 
 _CONFIG = cli.TreeFlags(api.ImportConfig)
@@ -20,7 +19,7 @@ def main(argv):
   logs.quiet(logs.absl_verbose())
   c = _CONFIG.value()
   if bool(c.hf_path) == bool(c.gguf):
-    raise app.UsageError("give exactly one of --hf_path or --gguf")
+    raise errors.UserError("give exactly one of --hf_path or --gguf")
   source = c.hf_path or c.gguf
   if source == "embedded":
     source = paths.smollm2_gguf()

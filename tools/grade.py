@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app  # noqa: E402
 
-from mathjax_sft import cli  # noqa: E402
+from mathjax_sft import cli, errors  # noqa: E402
 from mathjax_sft.eval import regrade  # noqa: E402
 
 _CONFIG = cli.TreeFlags(regrade.RegradeConfig)
@@ -30,7 +29,7 @@ _CONFIG = cli.TreeFlags(regrade.RegradeConfig)
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value()
   try:
     result = regrade.regrade_dir(c.samples, c.grader_workers, c.grade_timeout_s, c.verify_fn)

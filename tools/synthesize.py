@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from mathjax_sft import cli, configtree, paths  # noqa: E402
+from mathjax_sft import cli, configtree, errors, paths  # noqa: E402
 from mathjax_sft.synth.config import SynthConfig  # noqa: E402
 
 _DOCS = {leaf.path: leaf.doc for leaf in configtree.leaves(SynthConfig)}
@@ -45,7 +45,7 @@ def _decontam_files() -> tuple[Path, ...]:
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast.
   from mathjax_sft.synth import run as synth_run
   from mathjax_sft.synth.client import FatalAPIError, MissingKeyError
@@ -57,8 +57,10 @@ def main(argv: list[str]) -> int:
   try:
     config = _CONFIG.value(input_path=Path(_INPUT.value), decontam_files=_decontam_files())
     snapshot = synth_run.run(config)
+  except errors.UserError:
+    raise   # one line, exit status 2 (cli.run)
   except (ValueError, FileNotFoundError, InputError, MissingKeyError, OutputDirBusy, StoreError) as e:
-    print(f"synthesize: error: {e}", file=sys.stderr)
+    print(cli.error_line(e), file=sys.stderr)
     return 2
   except (FatalAPIError, RunAborted) as e:
     print(f"synthesize: stopped: {e}", file=sys.stderr)

@@ -9,9 +9,9 @@ finished or was preempted (SIGTERM: a checkpoint was saved), 1 on a non-finite l
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mathjax_sft import cli, configtree, logs
+from mathjax_sft import cli, configtree, errors, logs
 from mathjax_sft.train.config import TrainConfig
 from mathjax_sft.train.loop import NonFiniteLossError, train
 
@@ -23,7 +23,7 @@ _OVERRIDES = cli.TreeFlags(TrainConfig, prefix="config.", overrides_only=True)
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   logs.quiet(logs.absl_verbose())
   config = _OVERRIDES.value(configtree.load_file(_CONFIG_FILE.value, TrainConfig))
   try:
