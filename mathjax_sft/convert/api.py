@@ -11,10 +11,11 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from mathjax_sft import errors
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.configtree import setting
 from mathjax_sft.convert import gguf as gguf_io
@@ -76,8 +77,9 @@ def atomic_output_dir(output_dir: Path, overwrite: bool, flag: str = "--output_d
   refused unless `overwrite` (then it is replaced, only after the new one is complete)."""
   if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
     if not overwrite:
-      raise FileExistsError(f"{flag}={output_dir} exists and is not empty (it may hold another "
-                            "model); choose a new directory or pass --overwrite")
+      raise errors.OutputExists(f"{flag}={output_dir} exists and is not empty (it may hold "
+                                "another model); choose a new directory or pass --overwrite",
+                                flag=flag, file=output_dir)
   output_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -108,25 +110,39 @@ def import_checkpoint(source: str | Path, output_dir: str | Path, dtype: str | N
   source = Path(source)
   output_dir = Path(output_dir)
   if not source.exists():
-    raise FileNotFoundError(f"--hf_path={source}: no such file or directory")
+    raise errors.MissingInput(f"--hf_path={source}: no such file or directory", flag="--hf_path",
+                              file=source)
   if source.suffix != ".gguf" and require_tokenizer and not any(
       (source / name).is_file() for name in ckpt.TOKENIZER_REQUIRED):
-    raise FileNotFoundError(f"--hf_path={source} has no tokenizer files (none of "
-                            f"{', '.join(ckpt.TOKENIZER_REQUIRED)}): the checkpoint could not be "
-                            "sampled. Copy them in, or pass --allow_missing_tokenizer")
+    raise errors.MissingInput(f"--hf_path={source} has no tokenizer files (none of "
+                              f"{', '.join(ckpt.TOKENIZER_REQUIRED)}): the checkpoint could not "
+                              "be sampled. Copy them in, or pass --allow_missing_tokenizer",
+                              flag="--hf_path", file=source)
+  tensors, cfg = open_source(source, require_tokenizer)
   with atomic_output_dir(output_dir, overwrite) as tmp:
-    report = _import(source, tmp, dtype, show_progress)
+    report = _import(source, tensors, cfg, tmp, dtype, show_progress)
   report.update(output_dir=str(output_dir), seconds=round(time.perf_counter() - start, 2))
   return report
 
 
-def _import(source: Path, output_dir: Path, dtype: str | None, show_progress: bool) -> dict:
+def open_source(source: Path, require_tokenizer: bool = True) -> tuple[hf_io.TensorSource, Any]:
+  """(tensors, model config) of an HF directory or GGUF file, checked before anything is
+  written: config, file headers and sizes, tensor names (unknown or missing ones)."""
   if source.suffix == ".gguf":
     tensors = gguf_io.GgufSource(source)
+    if require_tokenizer and "tokenizer.ggml.tokens" not in tensors.reader.fields:
+      raise errors.BadInput(f"{source}: the GGUF holds no tokenizer (no tokenizer.ggml.tokens)",
+                            file=source)
     cfg = tensors.cfg
   else:
     cfg = hf_io.load_hf_config(source)
     tensors = hf_io.SafetensorsSource(source)
+  hf_io.check_names(tensors, cfg)
+  return tensors, cfg
+
+
+def _import(source: Path, tensors: hf_io.TensorSource, cfg, output_dir: Path, dtype: str | None,
+            show_progress: bool) -> dict:
   out_cfg = cfg.replace(param_dtype=dtype or ("float32" if source.suffix == ".gguf"
                                                else cfg.param_dtype))
   bar = tqdm(total=len(hf_keys.expected_hf_names(cfg)), desc="convert", unit="tensor",

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mathjax_sft import errors
 from mathjax_sft.model.config import ModelConfig
 
 _LAYER_NAMES = {
@@ -38,11 +39,19 @@ def _reader(path: str | Path):
   import gguf
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"GGUF file {path} not found")
+    raise errors.MissingInput(f"GGUF file {path} not found")
   try:
-    return gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(path))
   except Exception as e:  # the gguf package raises ValueError/struct errors on bad files
-    raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
+    raise errors.BadInput(f"{path}: not a readable GGUF file ({e})", file=path) from None
+  size = path.stat().st_size
+  for t in reader.tensors:
+    end = int(t.data_offset) + int(t.n_bytes)
+    if end > size:
+      raise errors.BadInput(f"{path}: truncated: tensor {t.name} ends at byte {end}, the file has "
+                            f"{size} bytes (an incomplete download? fetch the file again)",
+                            file=path)
+  return reader
 
 
 def _field(reader, key: str, path, default=None):
@@ -50,7 +59,7 @@ def _field(reader, key: str, path, default=None):
   if field is None:
     if default is not None:
       return default
-    raise ValueError(f"{path}: GGUF metadata has no {key!r}")
+    raise errors.BadInput(f"{path}: GGUF metadata has no {key!r}")
   return field.contents()
 
 
@@ -58,8 +67,11 @@ def config_from_gguf(path: str | Path, reader=None) -> ModelConfig:
   reader = reader or _reader(path)
   arch = _field(reader, "general.architecture", path)
   if arch != "llama":
-    raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; only 'llama' is supported")
+    raise errors.BadInput(f"{path}: unsupported GGUF architecture {arch!r}; only 'llama' is "
+                          "supported")
   names = {t.name for t in reader.tensors}
+  if "token_embd.weight" not in names:
+    raise errors.BadInput(f"{path}: GGUF file has no tensor token_embd.weight", file=path)
   embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
   hidden = int(_field(reader, "llama.embedding_length", path))
   heads = int(_field(reader, "llama.attention.head_count", path))
@@ -69,7 +81,7 @@ def config_from_gguf(path: str | Path, reader=None) -> ModelConfig:
   pad = _field(reader, "tokenizer.ggml.padding_token_id", path, -1)
   bos = _field(reader, "tokenizer.ggml.bos_token_id", path, -1)
   if "llama.rope.scaling.type" in reader.fields:
-    raise ValueError(f"{path}: GGUF rope scaling is not supported")
+    raise errors.BadInput(f"{path}: GGUF rope scaling is not supported")
   return ModelConfig(
       vocab_size=int(_field(reader, "llama.vocab_size", path, int(embd.shape[-1]))),
       hidden_size=hidden,
@@ -106,6 +118,7 @@ class GgufSource:
 
   def __init__(self, path: str | Path, cfg: ModelConfig | None = None, reader=None):
     self.path = Path(path)
+    self.where = str(path)
     self.reader = reader or _reader(path)
     self.cfg = cfg or config_from_gguf(path, self.reader)
     self._tensors = {}
@@ -119,8 +132,9 @@ class GgufSource:
     if name in _GLOBAL_NAMES:
       return _GLOBAL_NAMES[name]
     if name == "rope_freqs.weight":
-      raise ValueError(f"{self.path}: tensor rope_freqs.weight (rope scaling) is not supported")
-    raise ValueError(f"{self.path}: unknown GGUF tensor {name!r}")
+      raise errors.BadInput(f"{self.path}: tensor rope_freqs.weight (rope scaling) is not "
+                            "supported")
+    raise errors.BadInput(f"{self.path}: unknown GGUF tensor {name!r}")
 
   def names(self) -> dict[str, str]:
     return {n: self.path.name for n in self._tensors}
@@ -154,7 +168,7 @@ def gguf_tokenizer(path: str | Path) -> Any:
   meta = {k: f.contents() for k, f in fields.items()
           if k.startswith("tokenizer.") or k == "general.architecture"}
   if "tokenizer.ggml.tokens" not in meta:
-    raise ValueError(f"{path}: the GGUF holds no tokenizer (no tokenizer.ggml.tokens)")
+    raise errors.BadInput(f"{path}: the GGUF holds no tokenizer (no tokenizer.ggml.tokens)")
   grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
                      if f"tokenizer.{key}" in meta}
              for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}

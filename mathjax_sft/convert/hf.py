@@ -18,6 +18,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mathjax_sft import errors
 from mathjax_sft.convert import hf_keys
 from mathjax_sft.model import llama, weights
 from mathjax_sft.model.config import ModelConfig
@@ -37,37 +38,74 @@ def shard_files(hf_dir: str | Path) -> dict[str, Path]:
   """tensor name -> the shard file holding it. Errors name the missing or broken file."""
   hf_dir = Path(hf_dir)
   if not hf_dir.is_dir():
-    raise FileNotFoundError(f"HF checkpoint directory {hf_dir} does not exist")
+    raise errors.MissingInput(f"HF checkpoint directory {hf_dir} does not exist")
   index = hf_dir / INDEX_NAME
   if index.is_file():
     try:
       weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError) as e:
-      raise ValueError(f"{index}: not a safetensors index file ({e})") from None
+      raise errors.BadInput(f"{index}: not a safetensors index file ({e})") from None
     files = {name: hf_dir / fname for name, fname in weight_map.items()}
     for path in sorted(set(files.values())):
       if not path.is_file():
-        raise FileNotFoundError(f"shard {path.name} listed in {index} is missing from {hf_dir}")
+        raise errors.MissingInput(f"shard {path.name} listed in {index} is missing from {hf_dir}",
+                                  file=path)
+      stored = set(check_safetensors_file(path))
+      for name in sorted(n for n, p in files.items() if p == path and n not in stored):
+        raise errors.BadInput(f"{path}: tensor {name} listed in {index.name} is not in the file",
+                              file=path)
     return files
   shards = sorted(hf_dir.glob("*.safetensors"))
   if not shards:
     if list(hf_dir.glob("*.bin")) or list(hf_dir.glob("*.pth")):
-      raise ValueError(f"{hf_dir} holds only PyTorch pickle weights; convert them to safetensors "
-                       "first (pickles are not read: they can run code)")
-    raise FileNotFoundError(f"no *.safetensors files in {hf_dir}")
+      raise errors.BadInput(f"{hf_dir} holds only PyTorch pickle weights; convert them to "
+                            "safetensors first (pickles are not read: they can run code)")
+    raise errors.MissingInput(f"no *.safetensors files in {hf_dir}")
   files: dict[str, Path] = {}
   for path in shards:
-    with safe_open(str(path), framework="numpy") as f:
-      for name in f.keys():
-        if name in files:
-          raise ValueError(f"tensor {name} appears in both {files[name].name} and {path.name}")
-        files[name] = path
+    for name in check_safetensors_file(path):
+      if name in files:
+        raise errors.BadInput(f"tensor {name} appears in both {files[name].name} and {path.name}",
+                              file=path)
+      files[name] = path
   return files
+
+
+def check_safetensors_file(path: Path) -> list[str]:
+  """The tensor names of a safetensors file, from its header alone; a file too short for what
+  its header describes (a download cut short) or with a broken header is an error naming it."""
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if n < 0 or n > size - 8:
+      raise errors.BadInput(f"{path}: not a safetensors file or truncated: the header needs "
+                            f"{max(n, 0) + 8} bytes, the file has {size}", file=path)
+    try:
+      header = json.loads(f.read(n))
+      ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+      raise errors.BadInput(f"{path}: corrupt safetensors header ({type(e).__name__}: {e})",
+                            file=path) from None
+  want = 8 + n + max(ends, default=0)
+  if size != want:
+    raise errors.BadInput(f"{path}: truncated: {size} bytes, its header describes {want} (an "
+                          "incomplete download? fetch the file again)" if size < want else
+                          f"{path}: {size - want} bytes after the tensors its header describes "
+                          "(corrupt file?)", file=path)
+  try:
+    with safe_open(str(path), framework="numpy") as f:
+      return list(f.keys())
+  except Exception as e:   # safetensors' own error type for a corrupt file
+    raise errors.BadInput(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})",
+                          file=path) from None
 
 
 class TensorSource:
   """Random access to a checkpoint's tensors by HF name: `names` maps each name to the file that
-  holds it (for error messages); `get` reads one tensor."""
+  holds it (for error messages); `get` reads one tensor; `where` names the whole source."""
+
+  where = "checkpoint"
 
   def names(self) -> dict[str, str]:
     raise NotImplementedError
@@ -81,6 +119,7 @@ class SafetensorsSource(TensorSource):
 
   def __init__(self, hf_dir: str | Path):
     self._files = shard_files(hf_dir)
+    self.where = str(hf_dir)
 
   def names(self) -> dict[str, str]:
     return {n: p.name for n, p in self._files.items()}
@@ -90,12 +129,14 @@ class SafetensorsSource(TensorSource):
     try:
       with safe_open(str(path), framework="numpy") as f:
         if name not in f.keys():
-          raise ValueError(f"{path.name}: tensor {name} listed in the index is not in the file")
+          raise errors.BadInput(f"{path.name}: tensor {name} listed in the index is not in the "
+                                "file", file=path)
         return f.get_tensor(name)
     except ValueError:
       raise
     except Exception as e:   # safetensors' own error type for a torn / corrupt file
-      raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+      raise errors.BadInput(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})",
+                            file=path) from None
 
 
 class DictSource(TensorSource):
@@ -103,6 +144,7 @@ class DictSource(TensorSource):
 
   def __init__(self, tensors: dict[str, np.ndarray], source: str = "state_dict"):
     self._tensors, self._source = tensors, source
+    self.where = source
 
   def names(self) -> dict[str, str]:
     return {n: self._source for n in self._tensors}
@@ -120,14 +162,15 @@ def check_names(source: TensorSource, cfg: ModelConfig) -> None:
     if found is None:
       if hf_keys.IGNORED.match(name):
         continue
-      raise ValueError(f"{file}: unknown tensor {name!r} (not part of a LLaMA checkpoint)")
+      raise errors.BadInput(f"{file}: unknown tensor {name!r} (not part of a LLaMA checkpoint)")
     if name not in expected and not (found[0].param == "lm_head" and cfg.tie_word_embeddings):
-      raise ValueError(f"{file}: tensor {name!r} does not fit the config "
-                       f"(num_layers={cfg.num_layers})")
+      raise errors.BadInput(f"{file}: tensor {name!r} does not fit the config "
+                            f"(num_layers={cfg.num_layers})")
   missing = sorted(expected - set(names))
   if missing:
     more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-    raise ValueError(f"checkpoint is missing tensors: {', '.join(missing[:5])}{more}")
+    raise errors.BadInput(f"{source.where}: checkpoint is missing tensors: "
+                          f"{', '.join(missing[:5])}{more}")
 
 
 def _read(source: TensorSource, name: str, cfg: ModelConfig, dtype: str | None) -> np.ndarray:
@@ -135,8 +178,8 @@ def _read(source: TensorSource, name: str, cfg: ModelConfig, dtype: str | None) 
   array = source.get(name)
   want = entry.hf_shape(cfg)
   if tuple(array.shape) != want:
-    raise ValueError(f"{source.names()[name]}: tensor {name!r} has shape {tuple(array.shape)}, "
-                     f"config.json implies {want}")
+    raise errors.BadInput(f"{source.names()[name]}: tensor {name!r} has shape "
+                          f"{tuple(array.shape)}, config.json implies {want}")
   value = entry.to_ours(array, cfg)
   return value if dtype is None else value.astype(_np_dtype(dtype))
 
@@ -154,8 +197,8 @@ def iter_params(source: TensorSource, cfg: ModelConfig, dtype: str | None = None
     if entry.param == "lm_head" and cfg.tie_word_embeddings:
       if entry.hf in names:   # some tied checkpoints store a copy: it must be the embedding
         if not np.array_equal(source.get(entry.hf), source.get("model.embed_tokens.weight")):
-          raise ValueError(f"{names[entry.hf]}: config says tie_word_embeddings=true but "
-                           "lm_head.weight differs from model.embed_tokens.weight")
+          raise errors.BadInput(f"{names[entry.hf]}: config says tie_word_embeddings=true but "
+                                "lm_head.weight differs from model.embed_tokens.weight")
       continue
     if not entry.layered:
       value = _read(source, entry.hf, cfg, dtype)
@@ -191,9 +234,9 @@ def load_hf_config(hf_dir: str | Path, **overrides) -> ModelConfig:
   path = Path(hf_dir) / "config.json"
   if not path.is_file():
     if not Path(hf_dir).exists():
-      raise FileNotFoundError(f"--hf_path={hf_dir}: no such file or directory")
-    raise FileNotFoundError(f"--hf_path={hf_dir} has no config.json (is it a Hugging Face model "
-                            "directory?)")
+      raise errors.MissingInput(f"--hf_path={hf_dir}: no such file or directory")
+    raise errors.MissingInput(f"--hf_path={hf_dir} has no config.json (is it a Hugging Face model "
+                              "directory?)")
   return ModelConfig.load_json(path, **overrides)
 
 
