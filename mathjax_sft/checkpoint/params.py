@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from mathjax_sft import errors
 from mathjax_sft.model import llama, weights
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sharding import rules as sharding_rules
@@ -89,8 +90,8 @@ def _step_meta(step_dir: Path) -> dict:
   try:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
-    raise FileNotFoundError(f"{step_dir} is a training step without a readable {path.name} "
-                            f"item ({e}); is the step complete?") from None
+    raise errors.MissingInput(f"{step_dir} is a training step without a readable {path.name} "
+                              f"item ({e}); is the step complete?") from None
 
 
 INDEX_NAME = "index.json"
@@ -98,22 +99,26 @@ INDEX_NAME = "index.json"
 TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")   # any one of them
 
 
+class _NotADirectory(errors.UserError, NotADirectoryError):
+  """A file where a directory is wanted."""
+
+
 def check_model_dir(path: str | Path, flag: str = "--checkpoint", tokenizer: bool = True) -> Path:
   """A model checkpoint directory a sampler can use, or an error that names what is wrong (a
   missing path, a Hugging Face directory, no tokenizer) before anything heavy is loaded."""
   path = Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"{flag}={path}: no such directory")
+    raise errors.MissingInput(f"{flag}={path}: no such directory", flag=flag)
   if not path.is_dir():
-    raise NotADirectoryError(f"{flag}={path} is a file, not a checkpoint directory")
+    raise _NotADirectory(f"{flag}={path} is a file, not a checkpoint directory", flag=flag)
   if is_train_step_dir(path):
     if "model_config" not in _step_meta(path):
-      raise ValueError(f"{flag}={path}: the step's meta item has no model_config")
+      raise errors.BadInput(f"{flag}={path}: the step's meta item has no model_config")
     tok_dir = files_dir(path)
     if tokenizer and not any((tok_dir / name).is_file() for name in TOKENIZER_REQUIRED):
-      raise FileNotFoundError(f"{flag}={path} is a training step, but its run has no tokenizer "
-                              f"in {tok_dir} (written by training since it was added); copy "
-                              "the tokenizer files of the model it was trained from there")
+      raise errors.MissingInput(f"{flag}={path} is a training step, but its run has no tokenizer "
+                                f"in {tok_dir} (written by training since it was added); copy "
+                                "the tokenizer files of the model it was trained from there")
     return path
   if not is_checkpoint_dir(path):
     hf = (path / CONFIG_NAME).is_file() and (any(path.glob("*.safetensors"))
@@ -121,11 +126,12 @@ def check_model_dir(path: str | Path, flag: str = "--checkpoint", tokenizer: boo
     hint = ("it looks like a Hugging Face model directory: convert it first with "
             f"tools/convert_hf_to_flax.py --hf_path={path} --output_dir=DIR" if hf else
             f"a checkpoint directory holds {CONFIG_NAME}, {PARAMS_SUBDIR}/ and tokenizer files")
-    raise FileNotFoundError(f"{flag}={path} is not a mathjax_sft checkpoint directory; {hint}")
+    raise errors.MissingInput(f"{flag}={path} is not a mathjax_sft checkpoint directory; {hint}",
+                              flag=flag)
   if tokenizer and not any((path / name).is_file() for name in TOKENIZER_REQUIRED):
-    raise FileNotFoundError(f"{flag}={path} has no tokenizer (none of "
-                            f"{', '.join(TOKENIZER_REQUIRED)}); copy the tokenizer files of the "
-                            "model it came from into it")
+    raise errors.MissingInput(f"{flag}={path} has no tokenizer (none of "
+                              f"{', '.join(TOKENIZER_REQUIRED)}); copy the tokenizer files of the "
+                              "model it came from into it", flag=flag)
   return path
 
 
@@ -198,9 +204,9 @@ def load_config(ckpt_dir: str | Path, **overrides) -> ModelConfig:
     return ModelConfig.from_hf(_step_meta(ckpt_dir)["model_config"],
                                source=str(ckpt_dir / "meta"), **overrides)
   if not is_checkpoint_dir(ckpt_dir):
-    raise FileNotFoundError(f"{ckpt_dir} is not a mathjax_sft checkpoint directory "
-                            f"(needs {CONFIG_NAME} and {PARAMS_SUBDIR}/); convert one with "
-                            "tools/convert_hf_to_flax.py")
+    raise errors.MissingInput(f"{ckpt_dir} is not a mathjax_sft checkpoint directory "
+                              f"(needs {CONFIG_NAME} and {PARAMS_SUBDIR}/); convert one with "
+                              "tools/convert_hf_to_flax.py")
   return ModelConfig.load_json(ckpt_dir / CONFIG_NAME, **overrides)
 
 
@@ -234,22 +240,34 @@ def load_params(ckpt_dir: str | Path, mesh: Mesh | None = None, rules=sharding_r
             for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
   index_path = root / INDEX_NAME
   if not index_path.is_file():
-    raise FileNotFoundError(f"{index_path} is missing (incomplete checkpoint?)")
+    raise errors.MissingInput(f"{index_path} is missing (incomplete checkpoint?)",
+                              file=index_path)
   stored = json.loads(index_path.read_text())
   missing, unexpected = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
   wrong = sorted(k for k in set(wanted) & set(stored)
                  if tuple(stored[k]["shape"]) != tuple(wanted[k][1].shape))
   if missing or unexpected or wrong:
-    raise ValueError(f"{root} does not match {CONFIG_NAME}: missing {missing}, unexpected "
-                     f"{unexpected}, wrong shapes "
-                     f"{[(k, stored[k]['shape'], wanted[k][1].shape) for k in wrong]}")
+    raise errors.BadInput(f"{root} does not match {CONFIG_NAME}: missing {missing}, unexpected "
+                          f"{unexpected}, wrong shapes "
+                          f"{[(k, stored[k]['shape'], wanted[k][1].shape) for k in wrong]}")
   ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
   restored = {}
   for name, (path, leaf) in wanted.items():
-    restored[name] = ckptr.restore(root / name,
-                                   args=ocp.args.StandardRestore({"value": leaf}))["value"]
+    restored[name] = _restore_item(ckptr, root / name, ocp.args.StandardRestore({"value": leaf}))
   treedef = jax.tree_util.tree_structure(target)
   return weights.from_tree(treedef.unflatten([restored[n] for n in wanted])), cfg
+
+
+def _restore_item(ckptr: ocp.Checkpointer, path: Path, args: Any) -> Any:
+  """One parameter's orbax item; a missing or unreadable one is an error naming it."""
+  if not path.is_dir():
+    raise errors.MissingInput(f"{path}: parameter item missing (incomplete checkpoint?)",
+                              file=path)
+  try:
+    return ckptr.restore(path, args=args)["value"]
+  except (OSError, ValueError) as e:
+    raise errors.BadInput(f"{path}: cannot read the orbax item ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]})", file=path) from e
 
 
 def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
@@ -267,7 +285,7 @@ def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], n
   ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
   for name, meta in index.items():
     target = {"value": np.empty(tuple(meta["shape"]), _host_dtype(meta["dtype"]))}
-    value = ckptr.restore(root / name, args=ocp.args.StandardRestore(target))["value"]
+    value = _restore_item(ckptr, root / name, ocp.args.StandardRestore(target))
     if not isinstance(value, np.ndarray):
       raise TypeError(f"{root / name}: restored as {type(value).__name__}, not a host array")
     yield tuple(name.split(".")), value

@@ -23,14 +23,14 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mathjax_sft import paths
+from mathjax_sft import errors, paths
 
 DEFAULT_PROMPT_FIELDS = ("question", "problem", "instruction", "query", "prompt")
 DEFAULT_RESPONSE_FIELDS = ("answer", "solution", "response", "output", "completion")
 BAD_ROW_POLICIES = ("error", "skip")
 
 
-class DataError(ValueError):
+class DataError(errors.BadInput):
   """Bad training data; the message names the file (or dataset) and line (or row).
 
   `reason` is the short kind of problem ("malformed JSON", "missing response field", ...) by
@@ -89,7 +89,7 @@ def _split_fields(fields: str | Sequence[str]) -> tuple[str, ...]:
     fields = fields.split(",")
   out = tuple(f.strip() for f in fields if f.strip())
   if not out:
-    raise ValueError("field list is empty")
+    raise errors.BadInput("field list is empty")
   return out
 
 
@@ -97,7 +97,7 @@ def parse_sources(spec: str) -> list[SourceSpec]:
   """Parses the comma-separated `train_files` string (see module doc). Files must exist."""
   entries = [e.strip() for e in spec.split(",") if e.strip()]
   if not entries:
-    raise ValueError("no training sources given (train_files is empty)")
+    raise errors.BadInput("no training sources given (train_files is empty)")
   out = []
   for entry in entries:
     weight = None
@@ -106,13 +106,13 @@ def parse_sources(spec: str) -> list[SourceSpec]:
       try:
         weight = float(w)
       except ValueError:
-        raise ValueError(f"source {entry!r}: weight {w!r} is not a number") from None
+        raise errors.BadInput(f"source {entry!r}: weight {w!r} is not a number") from None
       if not weight > 0:
-        raise ValueError(f"source {entry!r}: weight must be positive, got {weight}")
+        raise errors.BadInput(f"source {entry!r}: weight must be positive, got {weight}")
     if entry.startswith("tfds:"):
       name, _, split = entry[len("tfds:"):].partition(":")
       if not name:
-        raise ValueError(f"source {entry!r}: empty tfds dataset name")
+        raise errors.BadInput(f"source {entry!r}: empty tfds dataset name")
       out.append(SourceSpec("tfds", name, split or "train", weight))
       continue
     if entry.startswith("data:"):
@@ -120,11 +120,12 @@ def parse_sources(spec: str) -> list[SourceSpec]:
     else:
       path = Path(entry)
       if not path.is_file():
-        raise FileNotFoundError(f"training file {path} not found (from train_files entry {entry!r})")
+        raise errors.MissingInput(f"training file {path} not found (from train_files entry "
+                                  f"{entry!r})", file=path)
     out.append(SourceSpec("jsonl", str(path), "train", weight))
   weighted = [s.weight is not None for s in out]
   if any(weighted) and not all(weighted):
-    raise ValueError(f"give a weight to every source or to none: {spec!r}")
+    raise errors.BadInput(f"give a weight to every source or to none: {spec!r}")
   return out
 
 
@@ -164,7 +165,7 @@ def _records(records: Iterable[tuple[str, Any]], source: str, prompt_fields, res
              on_bad_row: str) -> tuple[list[Row], ReadStats]:
   """(origin, parsed record or DataError) pairs -> rows, applying the bad-row policy."""
   if on_bad_row not in BAD_ROW_POLICIES:
-    raise ValueError(f"on_bad_row={on_bad_row!r}; expected one of {BAD_ROW_POLICIES}")
+    raise errors.BadInput(f"on_bad_row={on_bad_row!r}; expected one of {BAD_ROW_POLICIES}")
   stats = ReadStats(source)
   rows = []
   for origin, obj in records:
@@ -250,7 +251,7 @@ def read_tfds(name: str, split: str = "train", data_dir: str | None = None,
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     if not download:
-      raise FileNotFoundError(
+      raise errors.MissingInput(
           f"tfds dataset {name} is not prepared under {builder.data_dir}; prepare it once with "
           f"tfds.builder({name!r}, file_format='array_record').download_and_prepare() on a "
           "machine with network access, or set tfds_download=True")

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mathjax_sft import paths
+from mathjax_sft import errors, paths
 from mathjax_sft.eval import answers
 
 _NAMED_SETS = {
@@ -73,7 +73,7 @@ def count_reasoning_steps(solution: str, dataset: str) -> int:
     body = solution.split("####", 1)[0]
     return sum(1 for line in body.split("\n") if line.strip())
   if dataset != "math":
-    raise ValueError(f"unknown dataset {dataset!r}")
+    raise errors.BadInput(f"unknown dataset {dataset!r}")
   text = re.sub(r"\[asy\].*?\[/asy\]", " ", solution, flags=re.DOTALL)
 
   def placeholder(match: re.Match) -> str:
@@ -107,14 +107,14 @@ def _level(value: Any) -> int | None:
 def _require_str(row: dict, key: str, where: str) -> str:
   value = row.get(key)
   if not isinstance(value, str):
-    raise ValueError(f"{where}: field {key!r} missing or not a string")
+    raise errors.BadInput(f"{where}: field {key!r} missing or not a string")
   return value
 
 
 def _row_to_problem(row: Any, index: int, where: str, id_prefix: str) -> Problem:
   """One JSON row -> Problem; ``where`` is ``"path:line"`` for error messages."""
   if not isinstance(row, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    raise errors.BadInput(f"{where}: expected a JSON object, got {type(row).__name__}")
   meta: dict[str, Any] = {}
   if "question" in row:
     dataset = "gsm8k"
@@ -127,12 +127,13 @@ def _row_to_problem(row: Any, index: int, where: str, id_prefix: str) -> Problem
       gold = answers.canonical_number(solution)
       reference = None
     if gold is None:
-      raise ValueError(f"{where}: no gold answer extractable from 'answer' {solution[-80:]!r}")
+      raise errors.BadInput(f"{where}: no gold answer extractable from 'answer' "
+                            f"{solution[-80:]!r}")
   elif "problem" in row:
     dataset = "math"
     question = _require_str(row, "problem", where)
     if "solution" not in row and "answer" not in row:
-      raise ValueError(f"{where}: MATH-style row needs a 'solution' or 'answer' field")
+      raise errors.BadInput(f"{where}: MATH-style row needs a 'solution' or 'answer' field")
     reference = _require_str(row, "solution", where) if "solution" in row else None
     gold = None
     if "answer" in row:
@@ -140,11 +141,11 @@ def _row_to_problem(row: Any, index: int, where: str, id_prefix: str) -> Problem
     elif reference is not None:
       gold = answers.last_boxed(reference)
     if gold is None:
-      raise ValueError(f"{where}: no gold answer extractable (empty 'answer' or no \\boxed{{}} "
-                       "in 'solution')")
+      raise errors.BadInput(f"{where}: no gold answer extractable (empty 'answer' or no "
+                            "\\boxed{} in 'solution')")
   else:
-    raise ValueError(f"{where}: row has neither 'question' (GSM8K style) nor 'problem' (MATH "
-                     f"style); keys: {sorted(row)}")
+    raise errors.BadInput(f"{where}: row has neither 'question' (GSM8K style) nor 'problem' "
+                          f"(MATH style); keys: {sorted(row)}")
   level = _level(row.get("level"))
   if level is not None:
     meta["level"] = level
@@ -174,7 +175,7 @@ def load_jsonl_problems(path: str | Path, id_prefix: str | None = None,
   """
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"evaluation file {path} not found")
+    raise errors.MissingInput(f"evaluation file {path} not found", file=path)
   prefix = id_prefix if id_prefix is not None else path.stem
   problems: list[Problem] = []
   seen: dict[str, int] = {}
@@ -188,21 +189,24 @@ def load_jsonl_problems(path: str | Path, id_prefix: str | None = None,
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+        raise errors.BadInput(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
       problem = _row_to_problem(row, len(problems), where, prefix)
       if problem.id in seen:
-        raise ValueError(f"{where}: duplicate id {problem.id!r} (first on line {seen[problem.id]})")
+        raise errors.BadInput(f"{where}: duplicate id {problem.id!r} (first on line "
+                              f"{seen[problem.id]})")
       seen[problem.id] = lineno
       problems.append(problem)
   return problems
 
 
-def load_problems(spec: str, num_problems: int | None = None) -> list[Problem]:
+def load_problems(spec: str, num_problems: int | None = None, flag: str | None = None
+                  ) -> list[Problem]:
   """Evaluation set from a spec: ``gsm8k[:split]``, ``math[:split]``, ``math500``, ``jsonl:PATH``.
 
   Args:
     spec: which set (see module docstring).
     num_problems: keep only the first K problems in file order (None or negative: all).
+    flag: the command-line flag that gave `spec`, named by the error for an unknown spec.
 
   Raises:
     FileNotFoundError: the data file is missing (message names $MATHJAX_DATA_DIR).
@@ -213,14 +217,16 @@ def load_problems(spec: str, num_problems: int | None = None) -> list[Problem]:
   if spec.startswith("jsonl:"):
     return load_jsonl_problems(spec[len("jsonl:"):], num_problems=num_problems)
   name, _, split = spec.partition(":")
+  given = f"{flag}={spec}: " if flag else ""
   if name not in _NAMED_SETS:
-    raise ValueError(f"unknown evaluation set {spec!r}; expected gsm8k[:split], math[:split], "
-                     "math500 or jsonl:PATH")
+    raise errors.BadInput(f"{given}unknown evaluation set {spec!r}; expected gsm8k[:split], "
+                          "math[:split], math500 or jsonl:PATH", flag=flag)
   if name == "math500" and split not in ("", "test"):
-    raise ValueError(f"math500 has only a test split, got {spec!r}")
+    raise errors.BadInput(f"{given}math500 has only a test split, got {spec!r}", flag=flag)
   split = split or "test"
   if split not in ("train", "test"):
-    raise ValueError(f"unknown split {split!r} in {spec!r}; expected train or test")
+    raise errors.BadInput(f"{given}unknown split {split!r} in {spec!r}; expected train or test",
+                          flag=flag)
   path = paths.data_file(_NAMED_SETS[name].format(split=split))
   prefix = f"gsm8k-{split}" if name == "gsm8k" else name
   return load_jsonl_problems(path, id_prefix=prefix, num_problems=num_problems)

@@ -30,7 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from mathjax_sft import paths
+from mathjax_sft import errors, paths
 from mathjax_sft.checkpoint import params as ckpt
 from mathjax_sft.configtree import section, setting
 from mathjax_sft.data import templates
@@ -173,8 +173,8 @@ def _check_settings(out_dir: Path, settings: dict) -> bool:
   diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
   if diff:
     fields = "; ".join(f"{k}: {a!r} (in the directory) vs {b!r} (now)" for k, (a, b) in diff.items())
-    raise ValueError(f"{out_dir} holds a run with other settings: {fields}. Use a new "
-                     "--output_dir or delete it")
+    raise errors.BadInput(f"{out_dir} holds a run with other settings: {fields}. Use a new "
+                          "--output_dir or delete it", flag="--output_dir")
   return True
 
 
@@ -198,9 +198,10 @@ def _check_records(records: dict[str, dict], problems, prompt_texts: list[str]) 
     if fields:
       stale.append(f"{problem.id} ({', '.join(fields)})")
   if stale:
-    raise ValueError(f"{len(stale)} problems already sampled in this directory differ from the "
-                     f"problems file now: {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; "
-                     "use a new --output_dir")
+    raise errors.BadInput(f"{len(stale)} problems already sampled in this directory differ from "
+                          f"the problems file now: {', '.join(stale[:5])}"
+                          f"{' ...' if len(stale) > 5 else ''}; use a new --output_dir",
+                          flag="--output_dir")
 
 
 def samples_file(process_index: int, process_count: int) -> str:
@@ -252,10 +253,10 @@ def resolve_settings(cfg: SampleRunConfig) -> tuple[SampleRunConfig, dict[str, A
 def load_prompts(cfg: SampleRunConfig) -> _Prompts:
   """Problems, tokenizer and prompts; samples already in the output directory must be of the
   same prompts."""
-  from transformers import AutoTokenizer
-  problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems)
+  problems = problems_lib.load_problems(cfg.dataset, cfg.num_problems, flag="--dataset")
   if not problems:
-    raise ValueError(f"--dataset={cfg.dataset} holds no problems")
+    raise errors.BadInput(f"--dataset={cfg.dataset} holds no problems", flag="--dataset")
+  from transformers import AutoTokenizer   # after the problems: a bad --dataset is named fast
   tokenizer = AutoTokenizer.from_pretrained(ckpt.files_dir(cfg.checkpoint))
   texts = [templates.render_prompt(cfg.template, p.question, tokenizer, cfg.system_prompt)
            for p in problems]

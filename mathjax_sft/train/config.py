@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mathjax_sft import configtree
+from mathjax_sft import configtree, errors
 from mathjax_sft.configtree import section, setting
 from mathjax_sft.data import sources, templates, tokenize
 from mathjax_sft.distributed import DistributedConfig
@@ -159,7 +159,7 @@ def xwin_math_recipe() -> TrainConfig:
 
 def _check(cond: bool, msg: str) -> None:
   if not cond:
-    raise ValueError(f"invalid config: {msg}")
+    raise errors.BadInput(f"invalid config: {msg}")
 
 
 def validate(c: TrainConfig) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import jax
 
-from mathjax_sft import distributed, hardware
+from mathjax_sft import distributed, errors, hardware
 from mathjax_sft.checkpoint import params as params_ckpt
 from mathjax_sft.checkpoint.train_state import TrainCheckpointer
 from mathjax_sft.data import pipeline, templates
@@ -207,19 +207,24 @@ def _mesh(c):
   if c.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", c.compilation_cache_dir)
   if c.mesh.num_devices and jax.process_count() > 1:
-    raise ValueError("mesh.num_devices is for single-process runs; a multi-host mesh spans all "
-                     "devices")
+    raise errors.BadInput("mesh.num_devices is for single-process runs; a multi-host mesh spans "
+                          "all devices", flag="--config.mesh.num_devices")
   devices = jax.devices()[:c.mesh.num_devices] if c.mesh.num_devices else None
-  mesh = make_mesh(tuple(c.mesh.shape), devices)
-  log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
-           jax.process_count())
+  try:
+    mesh = make_mesh(tuple(c.mesh.shape), devices)
+  except ValueError as e:
+    raise errors.BadInput(f"--config.mesh.shape={','.join(map(str, c.mesh.shape))}: {e}",
+                          flag="--config.mesh.shape") from e
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = c.batch_size // c.grad_accum_steps
   if micro % shards:
-    raise ValueError(f"--config.batch_size={c.batch_size} (per microbatch: {micro}, "
-                     f"grad_accum_steps={c.grad_accum_steps}) must be a multiple of the data x "
-                     f"fsdp mesh size {shards} ({mesh.size} devices, mesh {dict(mesh.shape)}); "
-                     "change batch_size or --config.mesh.shape")
+    raise errors.BadInput(f"--config.batch_size={c.batch_size} (per microbatch: {micro}, "
+                          f"grad_accum_steps={c.grad_accum_steps}) must be a multiple of the data "
+                          f"x fsdp mesh size {shards} ({mesh.size} devices, mesh "
+                          f"{dict(mesh.shape)}); change batch_size or --config.mesh.shape",
+                          flag="--config.batch_size")
+  log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
+           jax.process_count())
   return mesh
 
 
