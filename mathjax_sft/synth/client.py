@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import openai
 
+from mathjax_sft import errors
 from mathjax_sft.synth import retry
 from mathjax_sft.synth.ratelimit import RateLimiter
 from mathjax_sft.synth.redact import Redactor
@@ -57,6 +58,35 @@ def api_key_from_env() -> str:
   if not key.strip():
     raise MissingKeyError(f"${API_KEY_ENV} is not set; the API key is read only from that variable")
   return key.strip()
+
+
+class EndpointUnreachable(errors.UserError):
+  """No connection to --base_url could be made (nothing listens there, unknown host)."""
+
+
+async def check_reachable(client: openai.AsyncOpenAI, policy: retry.RetryPolicy,
+                          redactor: Redactor, rng: random.Random | None = None) -> None:
+  """Asks the endpoint for its model list once, retried per `policy` while no connection can
+  be made; EndpointUnreachable naming the URL when none ever is. Any reply (an error status
+  included) or a timeout counts as reachable: the rows' own requests deal with those."""
+  attempt = 0
+  while True:
+    attempt += 1
+    try:
+      await client.models.list()
+      return
+    except openai.APITimeoutError:
+      return
+    except openai.APIConnectionError as error:
+      if not policy.should_retry(retry.CONNECTION_ERROR, attempt):
+        cause = error.__cause__ or error
+        detail = redactor(f"{type(cause).__name__}: {cause}")[:200]
+        raise EndpointUnreachable(
+            f"--base_url={str(client.base_url).rstrip('/')}: cannot connect ({detail}) after {attempt} "
+            "attempt(s); is the server running and the URL right?", flag="--base_url") from error
+      await asyncio.sleep(policy.delay(attempt, None, rng))
+    except openai.APIError:
+      return
 
 
 def make_openai_client(api_key: str, base_url: str | None, timeout: float) -> openai.AsyncOpenAI:

@@ -13,7 +13,8 @@ from typing import Any
 from mathjax_sft.synth import retry
 from mathjax_sft.synth.batch import BatchClient, BatchState
 from mathjax_sft.synth.batch_pipeline import STATE_NAME, BatchPipeline
-from mathjax_sft.synth.client import ChatClient, api_key_from_env, make_openai_client
+from mathjax_sft.synth.client import (ChatClient, api_key_from_env, check_reachable,
+                                      make_openai_client)
 from mathjax_sft.synth.config import SynthConfig
 from mathjax_sft.synth.filters import Decontaminator, DuplicateFilter, QuestionFilters
 from mathjax_sft.synth.formats import get_format
@@ -55,7 +56,8 @@ def run(config: SynthConfig, api_key: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) synthesis; returns the usage snapshot (what usage.json holds).
 
   The key comes from $OPENAI_API_KEY unless given (tests). Raises InputError for bad input,
-  OutputDirBusy, MissingKeyError, FatalAPIError (endpoint refuses the run) or RunAborted."""
+  OutputDirBusy, MissingKeyError, EndpointUnreachable (no connection to base_url), FatalAPIError
+  (endpoint refuses the run) or RunAborted."""
   api_key = api_key or api_key_from_env()
   redactor = Redactor([api_key])
   fmt = get_format(config.dataset_format)
@@ -72,9 +74,17 @@ def run(config: SynthConfig, api_key: str | None = None) -> dict[str, Any]:
 async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
                redactor: Redactor) -> dict[str, Any]:
   fmt = get_format(config.dataset_format)
-  log.info("synthesis run: %s", json.dumps(config.to_json(), sort_keys=True))
   tasks = make_tasks(references, config)
   pending = [t for t in tasks if t.id not in out.done]
+  policy = retry.RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max, config.max_retry_after)
+  if pending:   # a wrong URL is named now, before any row is asked
+    probe = make_openai_client(api_key, config.base_url, config.request_timeout)
+    try:
+      await check_reachable(probe, policy, redactor, random.Random(config.seed))
+    finally:
+      with contextlib.suppress(Exception):
+        await probe.close()
+  log.info("synthesis run: %s", json.dumps(config.to_json(), sort_keys=True))
   retrying = sum(t.id in out.pending_retry for t in pending)
   log.info("%d references x %d = %d rows; %d already done (%d rows, %d final failures), %d to do "
            "(%d of them failed for a transient reason before)", len(references),
@@ -93,7 +103,6 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
   usage.extra["rows_done_before"] = len(tasks) - len(pending)
   out.usage = usage
   filters = build_filters(config, out.existing_questions, [(r.id, r.question) for r in references])
-  policy = retry.RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max, config.max_retry_after)
   client = make_openai_client(api_key, config.base_url, config.request_timeout)
   progress = None
   if config.progress:

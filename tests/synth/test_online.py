@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mathjax_sft.synth.client import FatalAPIError
+from mathjax_sft.synth.client import EndpointUnreachable, FatalAPIError
 from mathjax_sft.synth.formats import check_gsm8k_answer, check_math_answer
 from mathjax_sft.synth.pipeline import RunAborted
 from mathjax_sft.synth.references import load_references
@@ -245,10 +245,11 @@ def test_outage_mid_run_loses_no_row(tmp_path, gsm8k_input, fake_server):
   assert summary["pending_retry"] == 0 and summary["final_failures"] == 0
 
 
-def test_unreachable_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm8k_input):
-  """Every request refused (nothing listens on the port): the run exits with an error that says
+def test_failing_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm8k_input, fake_server):
+  """Every request fails for a transport reason (5xx): the run exits with an error that says
   why, and the rows stay pending for the next run (not 'already done')."""
-  config = fast_config(gsm8k_input(2), tmp_path / "out", "http://127.0.0.1:9/v1", max_attempts=1,
+  dead = fake_server(rate_500=1.0)
+  config = fast_config(gsm8k_input(2), tmp_path / "out", dead.base_url, max_attempts=1,
                        max_consecutive_failures=0, max_concurrency=1)
   with pytest.raises(RunAborted, match="every one of the 4 rows"):
     run(config, api_key=PLANTED_KEY)
@@ -258,3 +259,15 @@ def test_unreachable_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm
     assert out.done == set() and len(out.pending_retry) == 4
   finally:
     out.close()
+
+
+def test_unreachable_endpoint_is_named_before_any_row(tmp_path, gsm8k_input):
+  """Nothing listens on the port: the connection is retried per the policy, then the run stops
+  with an error naming the URL, before any row is asked or recorded."""
+  config = fast_config(gsm8k_input(2), tmp_path / "out", "http://127.0.0.1:9/v1", max_attempts=2,
+                       max_consecutive_failures=0, max_concurrency=1)
+  with pytest.raises(EndpointUnreachable, match=r"--base_url=http://127\.0\.0\.1:9/v1: cannot "
+                                                r"connect .* after 2 attempt"):
+    run(config, api_key=PLANTED_KEY)
+  assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+  assert read_jsonl(tmp_path / "out" / "rows.jsonl") == []
