@@ -43,7 +43,8 @@ def _reader(path: str | Path):
   try:
     reader = gguf.GGUFReader(str(path))
   except Exception as e:  # the gguf package raises ValueError/struct errors on bad files
-    raise errors.BadInput(f"{path}: not a readable GGUF file ({e})", file=path) from None
+    raise errors.BadInput(f"{path}: not a readable GGUF file: truncated or corrupt "
+                          f"({path.stat().st_size} bytes; {e})", file=path) from None
   size = path.stat().st_size
   for t in reader.tensors:
     end = int(t.data_offset) + int(t.n_bytes)
