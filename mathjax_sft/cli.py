@@ -14,6 +14,7 @@ Only the tools import this module (the library itself does not need absl).
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from pathlib import Path
@@ -139,18 +140,27 @@ def _traceback_wanted() -> bool:
   return errors.traceback_wanted() or (flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
 
 
+def _user_error(error: Any) -> None:
+  if _traceback_wanted():
+    traceback.print_exc()
+  print(error_line(error), file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`absl.app.run(main)` with `parse_flags`; a `UserError` raised by main ends the tool with
-  one line on stderr (`TOOL: error: MESSAGE`) and exit status 2. Any other exception keeps its
-  traceback."""
+  """`absl.app.run(main)` with `parse_flags`; a `UserError` (or a full disk) raised by main
+  ends the tool with one line on stderr (`TOOL: error: MESSAGE`) and exit status 2. Any other
+  exception keeps its traceback."""
 
   def guarded(argv: list[str]) -> Any:
     try:
       return main(argv)
     except errors.UserError as e:
-      if _traceback_wanted():
-        traceback.print_exc()
-      print(error_line(e), file=sys.stderr, flush=True)
-      sys.exit(2)
+      _user_error(e)
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      _user_error(f"no space left on the device holding {e.filename or 'an output'}: free some "
+                  "or write elsewhere")
 
   app.run(guarded, flags_parser=parse_flags)
