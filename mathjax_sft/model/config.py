@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft import errors
+
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
 # What a rematerialised block keeps from its forward pass (see llama.REMAT_POLICIES):
@@ -149,14 +151,14 @@ class ModelConfig:
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     if model_type not in (None, "llama") or (archs and archs[0] != HF_ARCHITECTURE):
-      raise ValueError(f"{source}: unsupported architecture {archs or model_type!r}; "
-                       f"only {HF_ARCHITECTURE} (model_type 'llama') is supported")
+      raise errors.BadInput(f"{source}: unsupported architecture {archs or model_type!r}; "
+                            f"only {HF_ARCHITECTURE} (model_type 'llama') is supported")
     for flag in ("attention_bias", "mlp_bias"):
       if hf.get(flag):
-        raise ValueError(f"{source}: {flag}=true is not supported (LLaMA has no biases)")
+        raise errors.BadInput(f"{source}: {flag}=true is not supported (LLaMA has no biases)")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-      raise ValueError(f"{source}: hidden_act={act!r} is not supported; expected 'silu'")
+      raise errors.BadInput(f"{source}: hidden_act={act!r} is not supported; expected 'silu'")
     try:
       heads = int(hf["num_attention_heads"])
       hidden = int(hf["hidden_size"])
@@ -188,12 +190,12 @@ class ModelConfig:
           param_dtype=dtype if dtype in DTYPES else "float32",
       )
     except KeyError as e:
-      raise ValueError(f"{source}: missing required field {e.args[0]!r}") from None
+      raise errors.BadInput(f"{source}: missing required field {e.args[0]!r}") from None
     kwargs.update(overrides)
     try:
       return cls(**kwargs)
     except ValueError as e:
-      raise ValueError(f"{source}: {e}") from None
+      raise errors.BadInput(f"{source}: {e}") from None
 
   def save_json(self, path: str | Path) -> None:
     Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n")
@@ -202,11 +204,11 @@ class ModelConfig:
   def load_json(cls, path: str | Path, **overrides) -> "ModelConfig":
     path = Path(path)
     if not path.is_file():
-      raise FileNotFoundError(f"model config {path} not found")
+      raise errors.MissingInput(f"model config {path} not found")
     try:
       hf = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
+      raise errors.BadInput(f"{path}: not valid JSON ({e})") from None
     return cls.from_hf(hf, source=str(path), **overrides)
 
 
