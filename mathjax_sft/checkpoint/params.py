@@ -265,9 +265,13 @@ def _restore_item(ckptr: ocp.Checkpointer, path: Path, args: Any) -> Any:
                               file=path)
   try:
     return ckptr.restore(path, args=args)["value"]
-  except (OSError, ValueError) as e:
-    raise errors.BadInput(f"{path}: cannot read the orbax item ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:300]})", file=path) from e
+  except Exception as e:   # orbax wraps tensorstore's read errors in a bare Exception
+    cause = e if isinstance(e, (OSError, ValueError)) else e.__cause__
+    if not isinstance(cause, (OSError, ValueError)):
+      raise
+    raise errors.BadInput(f"{path}: cannot read the orbax item, truncated or corrupt? "
+                          f"({type(cause).__name__}: {' '.join(str(cause).split())[:300]})",
+                          file=path) from e
 
 
 def iter_params_numpy(ckpt_dir: str | Path) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
