@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft import errors
+
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 16
 
 
-class StoreError(RuntimeError):
+class StoreError(errors.UserError, RuntimeError):
   """A store file that is corrupt beyond a torn last line; names the file and line."""
 
 

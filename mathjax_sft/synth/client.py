@@ -32,7 +32,7 @@ API_KEY_ENV = "OPENAI_API_KEY"
 T = TypeVar("T")
 
 
-class MissingKeyError(RuntimeError):
+class MissingKeyError(errors.UserError, RuntimeError):
   """$OPENAI_API_KEY is not set."""
 
 

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft import errors
 from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth import retry
 from mathjax_sft.synth.usage import USAGE_NAME, UsageTracker
@@ -26,7 +27,7 @@ FAILURES_NAME = "failures.jsonl"
 LOCK_NAME = ".lock"
 
 
-class OutputDirBusy(RuntimeError):
+class OutputDirBusy(errors.UserError, RuntimeError):
   """Another run holds the output directory."""
 
 

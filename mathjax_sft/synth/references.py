@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft import errors
 from mathjax_sft.synth.formats import get_format
 
 log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(errors.BadInput):
   """Malformed input; the message names the file and the 1-based line number."""
 
 
