@@ -34,7 +34,7 @@ def main(argv):
   try:
     result = regrade.regrade_dir(c.samples, c.grader_workers, c.grade_timeout_s, c.verify_fn)
   except (FileNotFoundError, ValueError) as e:
-    print(f"grade: {e}", file=sys.stderr)
+    print(cli.error_line(e), file=sys.stderr)
     sys.exit(2)
   diff, summary = result["diff"], result["summary"]
   print(json.dumps({k: diff[k] for k in ("samples", "changed", "wrong_to_right", "right_to_wrong",
