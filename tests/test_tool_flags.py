@@ -1,5 +1,6 @@
 """Each tool's command line is generated from its config tree: `--help` lists every field as a
-flag with the field's doc and default."""
+flag with the field's doc and default; every field has a doc, and the configuration reference
+generated from the trees is up to date."""
 
 import importlib.util
 import os
@@ -56,3 +57,17 @@ def test_help_lists_every_field_with_its_doc_and_default(tool):
     assert leaf.doc and re.sub(r"\s+", "", leaf.doc) in blocks[name], (tool, name)
     if not leaf.required and leaf.default not in (None, ()) and name == prefix[2:] + leaf.path:
       assert f"(default:'{_serialized(leaf.default)}')" in blocks[name], (tool, name)
+
+
+def test_every_field_of_every_tool_is_documented():
+  tools = {tool for _, tool, *_ in GEN.ENTRY_POINTS}
+  assert tools == {str(p.relative_to(REPO)) for p in (REPO / "tools").glob("*.py")} - {
+      "tools/gen_config_docs.py"}
+  for _, tool, spec, _, _ in GEN.ENTRY_POINTS:
+    undocumented = [l.path for l in configtree.leaves(GEN._tree(spec)) if len(l.doc) < 8]
+    assert not undocumented, f"{tool}: {undocumented}"
+
+
+def test_reference_is_up_to_date():
+  assert (REPO / "docs" / "configuration.md").read_text() == GEN.render(), (
+      "run python tools/gen_config_docs.py")
