@@ -13,6 +13,7 @@ Devices: `"v5p:4x4x4"` (any topology name libtpu knows: v4, v5e, v5p, v6e) or `"
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -92,14 +93,19 @@ class ProgramReport:
   headroom: float | None        # 1 - peak / HBM
   xla_flops: float | None       # XLA's count per device (a scanned or looped body counts once)
   model_flops: float            # the model's FLOPs per device for what the program computes once
+  xla_bytes: float | None       # XLA's bytes accessed per device (a looped body counts once)
+  floor_bytes: int | None       # decode: one step's least traffic per device (`decode_floor`)
   compile_s: float
   settings: dict
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
-    for key in ("argument_bytes", "output_bytes", "temp_bytes", "peak_bytes", "hbm_bytes"):
+    for key in ("argument_bytes", "output_bytes", "temp_bytes", "peak_bytes", "hbm_bytes",
+                "xla_bytes", "floor_bytes"):
       if out[key] is not None:
         out[key.replace("_bytes", "_gib")] = round(out[key] / GIB, 3)
+    if self.xla_bytes and self.floor_bytes:
+      out["bytes_over_floor"] = round(self.xla_bytes / self.floor_bytes, 3)
     if out["headroom"] is not None:
       out["headroom"] = round(out["headroom"], 4)
     out["compile_s"] = round(out["compile_s"], 1)
@@ -111,11 +117,16 @@ def compile_report(program: str, tgt: Target, mesh, fn: Callable, args: Sequence
   """Lowers and compiles `fn(*args, **kwargs)` (a jitted function over abstract args)."""
   tic = time.perf_counter()
   compiled = fn.lower(*args, **(kwargs or {})).compile()
-  seconds = time.perf_counter() - tic
+  return report(program, tgt, mesh, compiled, time.perf_counter() - tic, model_flops, settings)
+
+
+def report(program: str, tgt: Target, mesh, compiled, seconds: float, model_flops: float,
+           settings: dict, floor_bytes: int | None = None) -> ProgramReport:
+  """The per-device figures of a compiled program (`memory_analysis`, `cost_analysis`)."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost["flops"]) if cost and "flops" in cost else None
+  number = lambda key: float(cost[key]) if cost and key in cost else None
   args_b, out_b = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
   alias_b, temp_b = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
   peak = args_b + temp_b + out_b - alias_b
@@ -126,7 +137,8 @@ def compile_report(program: str, tgt: Target, mesh, fn: Callable, args: Sequence
       temp_bytes=temp_b, peak_bytes=peak, hbm_bytes=hbm,
       fits=None if hbm is None else peak <= hbm,
       headroom=None if hbm is None else 1.0 - peak / hbm,
-      xla_flops=flops, model_flops=model_flops, compile_s=seconds, settings=settings)
+      xla_flops=number("flops"), model_flops=model_flops, xla_bytes=number("bytes accessed"),
+      floor_bytes=floor_bytes, compile_s=seconds, settings=settings)
 
 
 # ---- the train step ---------------------------------------------------------------------------
@@ -174,40 +186,60 @@ def _sds(shape, dtype, mesh, axes):
   return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
 
 
+RUN_PROBLEMS = 1024   # problems of the sampler run compiled for: enough to fill any row pool
+
+
+def decode_floor(engine: engine_lib.Engine, rows: int, slots: int, width: int,
+                 num_samples: int) -> int:
+  """One decode step's least memory traffic per device: every weight, every prompt slot and
+  every row's ring of `max_new_tokens` keys read once (the rows at their longest). The step is
+  bound by it: its FLOPs per byte are ~2 x rows / weight itemsize for the weights, ~1 for the
+  caches."""
+  pool, state = engine.specs(rows, slots, width, num_samples)[:2]
+  leaves = jax.tree.leaves((engine.param_specs(), pool.prefix.k, pool.prefix.v, state.cache.k,
+                            state.cache.v))
+  shard_bytes = lambda a: (math.prod(engine.on_device(a).sharding.shard_shape(a.shape))
+                           * a.dtype.itemsize)
+  return int(sum(shard_bytes(a) for a in leaves))
+
+
 def check_sample(cfg: ModelConfig, tgt: Target, mesh_shape: Sequence[int] | None,
                  ecfg: engine_lib.EngineConfig, num_samples: int,
                  prompt_len: int) -> list[ProgramReport]:
   """The sampler's two programs on the first host's devices (it runs one engine per host;
-  `mesh_shape` over those devices, or None: one device): prefill of one prompt into the prompt
-  pool, and one decode chunk of the row pool (`ecfg.rows`, default N rows)."""
+  `mesh_shape` over those devices, or None: one device), exactly as a run of `RUN_PROBLEMS`
+  prompts of `prompt_len` tokens plans them (`Engine.plan`: `ecfg.rows`, else the most rows
+  whose decode fits `programs.MEMORY_FRACTION` of the device's memory): prefill of one prompt
+  into the prompt pool, and one decode chunk of the row pool."""
   devices = tgt.host_devices if mesh_shape else tgt.host_devices[:1]
   mesh = mesh_lib.make_mesh(mesh_shape or (1, 1, 1), devices=devices)
   engine_mesh = mesh if mesh_shape else None
-  engine = engine_lib.Engine(None, cfg, ecfg, mesh=engine_mesh)
-  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        engine_lib.abstract_engine_params(cfg, engine_mesh),
-                        engine_lib.engine_param_shardings(cfg, mesh))
-  rows = ecfg.rows or num_samples
-  slots = ecfg.prefix_slots or engine_lib.default_slots(rows, num_samples)
-  T = engine_lib.pool_width(prompt_len)
-  pool, state, queue, kill = engine.specs(rows, slots, T, num_samples)
+  engine = engine_lib.Engine(None, cfg, ecfg, mesh=engine_mesh, device=devices[0],
+                             memory=tgt.hbm_bytes)
+  sampling = engine_lib.SamplingParams()
+  tic = time.perf_counter()
+  rows, slots, T = engine.plan([prompt_len] * RUN_PROBLEMS, num_samples, sampling)
+  program = engine.decode_program(rows, slots, T, num_samples, sampling.traced())
   settings = {"num_samples": num_samples, "decode_rows": rows, "prefix_slots": slots,
               "pool_width": T, "max_new_tokens": ecfg.max_new_tokens,
               "chunk_steps": ecfg.chunk_steps, "param_dtype": cfg.param_dtype,
-              "compute_dtype": cfg.compute_dtype, "params": cfg.num_params()}
+              "compute_dtype": cfg.compute_dtype, "params": cfg.num_params(),
+              "plan_s": round(time.perf_counter() - tic, 1)}
+  params = engine.param_specs()
+  pool = jax.tree.map(engine.on_device, engine.specs(rows, slots, T, num_samples)[0])
   i32 = jax.ShapeDtypeStruct((), jnp.int32)
   sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
-                         engine_lib.SamplingParams().traced())
+                         sampling.traced())
   tokens = _sds((1, T), jnp.int32, engine_mesh, (None, None))
   devices = mesh.size
   reports = [compile_report(
       "sample_prefill", tgt, mesh, engine._prefill,
       (params, pool, tokens, i32, i32, i32, i32, sampler),
       2.0 * cfg.num_params() * T / devices, settings, kwargs=dict(num_samples=num_samples))]
-  reports.append(compile_report(
-      "sample_decode", tgt, mesh, engine._decode, (params, pool, state, queue, kill, i32, sampler),
+  reports.append(report(
+      "sample_decode", tgt, mesh, program.compiled, program.compile_s,
       engine_lib.step_flops(cfg, rows, slots * T + ecfg.max_new_tokens) / devices,  # one step
-      settings, kwargs=dict(steps=ecfg.chunk_steps)))
+      settings, floor_bytes=decode_floor(engine, rows, slots, T, num_samples)))
   return reports
 
 

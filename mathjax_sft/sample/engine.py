@@ -35,6 +35,7 @@ prompt pool by `cache_heads` (traced under `rules.with_mesh`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -46,10 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from mathjax_sft import errors
 from mathjax_sft.model import llama, weights
 from mathjax_sft.model.weights import Weights
 from mathjax_sft.model.config import ModelConfig
 from mathjax_sft.sample.book import SampleBook, SampleEnd, Samples
+from mathjax_sft.sample import programs
 from mathjax_sft.sample.pool import Problem, SlotPool, WorkItem
 from mathjax_sft.sample.rows import RowMap, tail_size
 from mathjax_sft.sample.scheduler import OnProblem, Scheduler
@@ -122,20 +125,21 @@ def batch_shards(mesh: Mesh | None) -> int:
 
 
 def default_rows(cfg: ModelConfig, max_new_tokens: int, work: int, mesh: Mesh | None = None,
-                 memory_fraction: float = 0.5) -> int:
-  """Decode rows that fit the device: ring caches + per-row logits and sort buffers within
-  `memory_fraction` of the device memory left after the weights, capped per platform, never more
-  than the work (rounded up to the batch shards)."""
-  device = (mesh.devices.flat[0] if mesh is not None else jax.local_devices()[0])
+                 platform: str = "cpu", memory: int | None = None) -> int:
+  """A first guess of the decode rows that fit a device with `memory` bytes (None: unknown):
+  the rows' ring caches, logits and sort buffers within `programs.MEMORY_FRACTION` of it, less
+  the weights; capped per platform, never more than the work, rounded to the batch shards.
+  `Engine.plan` checks the guess against the compiled program."""
   shards = batch_shards(mesh)
+  tensor = 1 if mesh is None else mesh.shape.get("tensor", 1)
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   per_row = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * max_new_tokens * itemsize
-             + 4 * cfg.vocab_size * 4)
-  cap = ROWS_CAP.get(device.platform, DEFAULT_ROWS_CAP)
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  if stats and stats.get("bytes_limit"):
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    cap = min(cap, max(1, int(memory_fraction * free * shards // per_row)))
+             / tensor + 4 * cfg.vocab_size * 4)
+  cap = ROWS_CAP.get(platform, DEFAULT_ROWS_CAP)
+  if memory:
+    weight_bytes = cfg.num_params() * jnp.dtype(cfg.param_dtype).itemsize / tensor
+    budget = programs.MEMORY_FRACTION * memory - weight_bytes
+    cap = min(cap, max(1, int(budget * shards // per_row)))
   rows = min(cap, work)
   return max(shards, -(-rows // shards) * shards)
 
@@ -281,17 +285,25 @@ class Events:
 
 
 class Engine:
-  """Holds params (decode layout, see `prepare_params`) and the jitted prefill / decode programs.
+  """Holds params (decode layout, see `prepare_params`) and the compiled prefill / decode programs.
 
-  `params=None` builds the programs only (ahead-of-time compilation: `aot.check_sample`)."""
+  `params=None` builds the programs only: `plan` and `decode_program` compile against abstract
+  weights (ahead-of-time compilation, `aot.check_sample`; the run's rows are chosen before its
+  weights are loaded), and `load` brings the weights. `device` (default: the mesh's first, or
+  this process's first device) and `memory` (its bytes; default: what the runtime reports, None
+  on a CPU) are what the rows must fit."""
 
   def __init__(self, params: Weights | None, cfg: ModelConfig, engine_cfg: EngineConfig,
                mesh: Mesh | None = None, donate: bool = False,
-               detokenize: Detokenize | None = None):
+               detokenize: Detokenize | None = None, device=None, memory: int | None = None):
     self.cfg = cfg
     self.ecfg = engine_cfg
-    self.params = None if params is None else prepare_params(params, cfg, mesh, donate)
     self.mesh = mesh
+    self.device = device or (mesh.devices.flat[0] if mesh is not None else jax.local_devices()[0])
+    self.memory = memory if memory is not None else programs.device_memory(self.device)
+    self.params = None
+    if params is not None:
+      self.load(params, donate)
     self.stop_ids = tuple(sorted(set(cfg.eos_token_ids) | set(engine_cfg.stop_token_ids)))
     if engine_cfg.stop_strings and detokenize is None:
       raise ValueError("EngineConfig.stop_strings needs a detokenize function")
@@ -302,18 +314,46 @@ class Engine:
     self.compiled_shapes: set[tuple] = set()
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("num_samples",),
                             donate_argnames=("pool",))
-    self._decode = jax.jit(self._decode_fn, static_argnames=("steps",),
-                           donate_argnames=("state",))
+    self._programs: dict[tuple, programs.DecodeProgram] = {}
     self._shrinkers: dict[tuple, Callable] = {}
     self.stats = EngineStats()
 
+  def load(self, params: Weights, donate: bool = False) -> None:
+    """The weights, moved into the decode layout (`prepare_params`; `donate`: consumed)."""
+    self.params = prepare_params(params, self.cfg, self.mesh, donate)
+
   # ---- shapes --------------------------------------------------------------------------------
-  def shapes(self, prompt_lengths: Sequence[int], num_samples: int) -> tuple[int, int, int]:
-    """(rows B, prompt slots Q, prompt width T) for a run of these prompts."""
+  def plan(self, prompt_lengths: Sequence[int], num_samples: int,
+           sampling: SamplingParams) -> tuple[int, int, int]:
+    """(rows B, prompt slots Q, prompt width T) for a run of these prompts, with its decode
+    program compiled. Rows: `EngineConfig.rows`, else the most that fit (`default_rows`, then
+    fewer until the compiled program's peak fits the device's memory). Raises `BadInput` when
+    the rows given, or a single row per shard, do not fit."""
     work = len(prompt_lengths) * num_samples
-    rows = self.ecfg.rows or default_rows(self.cfg, self.ecfg.max_new_tokens, work, self.mesh)
-    slots = self.ecfg.prefix_slots or default_slots(rows, num_samples)
-    return rows, max(1, min(slots, len(prompt_lengths))), pool_width(max(prompt_lengths))
+    shards = batch_shards(self.mesh)
+    rows = self.ecfg.rows or default_rows(self.cfg, self.ecfg.max_new_tokens, work, self.mesh,
+                                          self.device.platform, self.memory)
+    width = pool_width(max(prompt_lengths))
+    sampler = sampling.traced()
+    while True:
+      slots = max(1, min(self.ecfg.prefix_slots or default_slots(rows, num_samples),
+                         len(prompt_lengths)))
+      try:
+        peak = self.decode_program(rows, slots, width, num_samples, sampler).peak_bytes
+      except Exception as e:  # pylint: disable=broad-except
+        if not programs.over_memory(e):
+          raise
+        peak = None
+      if programs.fits(peak, self.memory):
+        return rows, slots, width
+      if self.ecfg.rows or rows <= shards:
+        raise errors.BadInput(programs.does_not_fit(rows, self.ecfg.max_new_tokens, peak,
+                                                    self.memory), flag="--rows")
+      budget = programs.MEMORY_FRACTION * self.memory
+      smaller = rows // 2 if peak is None else int(rows * budget / peak)
+      smaller = max(shards, min(smaller // shards * shards, rows - shards))
+      log.info("%d decode rows do not fit the device's memory: trying %d", rows, smaller)
+      rows = smaller
 
   def _sharding(self, axes, shape):
     if self.mesh is None:
@@ -348,12 +388,50 @@ class Engine:
                       count=rep((), jnp.int32))
     return pool, state, queue, vec(bool)
 
-  @staticmethod
-  def init_state(pool_spec: PromptPool, state_spec: DecodeState):
+  def on_device(self, spec: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """`spec` with a sharding: its own, or (without a mesh) the engine's device."""
+    sharding = spec.sharding or jax.sharding.SingleDeviceSharding(self.device)
+    return jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)
+
+  def param_specs(self) -> Weights:
+    """The decode layout's weights as abstract arrays on the engine's devices."""
+    shardings = engine_param_shardings(self.cfg, self.mesh)
+    abstract = abstract_engine_params(self.cfg, self.mesh)
+    if shardings is None:
+      return jax.tree.map(self.on_device, abstract)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+  def decode_program(self, rows: int, slots: int, width: int, num_samples: int,
+                     sampler: Sampler) -> programs.DecodeProgram:
+    """The compiled decode chunk of a pool of this shape (compiled once per shape), its state
+    in the layout the compiler chose (`programs`)."""
+    key = self._decode_key(rows, slots, width, num_samples, sampler)
+    if key not in self._programs:
+      self._note_shape(key)
+      pool, state, queue, kill = jax.tree.map(self.on_device,
+                                              self.specs(rows, slots, width, num_samples))
+      scalar = lambda x: self.on_device(jax.ShapeDtypeStruct(
+          jnp.shape(x), jnp.result_type(x), sharding=self._sharding((), ())))
+      args = (self.param_specs(), pool, state, queue, kill, scalar(jnp.int32(0)),
+              jax.tree.map(scalar, sampler))
+      steps = self.ecfg.chunk_steps
+      events = self.on_device(jax.ShapeDtypeStruct(
+          (steps, rows), jnp.int32, sharding=self._sharding((None, "batch"), (steps, rows)))).sharding
+      self._programs[key] = programs.compile_decode(
+          functools.partial(self._decode_fn, steps=steps), args, state_arg=2,
+          other_outputs=(queue.count.sharding, jax.tree.map(lambda _: events, Events(*[0] * 6))))
+    return self._programs[key]
+
+  def init_state(self, pool_spec: PromptPool, state_spec: DecodeState,
+                 state_formats: DecodeState):
     """An empty prompt pool and idle rows (all zeros: no row is active, no slot valid) from
-    their `specs`."""
-    zeros = lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding)
-    return jax.tree.map(zeros, pool_spec), jax.tree.map(zeros, state_spec)
+    their `specs`, the rows in their decode program's `state_formats`."""
+    pool_spec = jax.tree.map(self.on_device, pool_spec)
+    zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+    make = jax.jit(lambda: (zeros(pool_spec), zeros(state_spec)),
+                   out_shardings=(jax.tree.map(lambda s: s.sharding, pool_spec), state_formats))
+    return make()
 
   # ---- jitted programs ----------------------------------------------------------------------
   def _prefill_fn(self, params, pool, tokens, length, slot, key, seed, sampler,
@@ -446,29 +524,47 @@ class Engine:
                                          length=steps)
     return state, head, events
 
-  def _shrink(self, state: DecodeState, order: np.ndarray, live: int, spec: DecodeState):
+  def _shrink(self, state: DecodeState, order: np.ndarray, live: int,
+              formats: DecodeState) -> DecodeState:
     """The rows `order` (the `live` ones first) of `state`, as a pool of len(order) rows whose
-    other rows are idle (sharded like `spec`)."""
+    other rows are idle, in `formats` (the smaller decode program's). The caches move one layer
+    at a time, each old layer freed once moved: the peak is the old pool plus one new layer."""
+    order_dev = self._put(order.astype(np.int32), (None,))
+    cache = state.cache
+
+    def move(olds, fmts):
+      news = []
+      for old, fmt in zip(olds, fmts):
+        news.append(self._mover(fmt)(old, order_dev))
+        old.delete()
+      return tuple(news)
+
+    k, v = move(cache.k, formats.cache.k), move(cache.v, formats.cache.v)
+    rest = lambda st: dataclasses.replace(st, cache=dataclasses.replace(st.cache, k=(), v=()))
     key = (state.slot.shape[0], len(order))
     if key not in self._shrinkers:
       self._note_shape(("shrink",) + key)
 
       def shrink(state, order, live):
         take = lambda x: jnp.take(x, order, axis=0)
-        cache = state.cache
-        cache = llama.KVCache(k=jax.tree.map(take, cache.k), v=jax.tree.map(take, cache.v),
-                              valid=take(cache.valid), index=cache.index)
         on = jnp.arange(order.shape[0]) < live
+        cache = dataclasses.replace(state.cache, valid=take(state.cache.valid))
         return DecodeState(cache=cache, slot=take(state.slot),
                            sample_index=take(state.sample_index),
                            sample_id=take(state.sample_id), token=take(state.token),
                            length=take(state.length), active=take(state.active) & on,
                            pending=take(state.pending) & on)
 
-      shardings = None if self.mesh is None else jax.tree.map(lambda x: x.sharding, spec)
-      # not donated: no output has an input's shape (both pools exist for a moment: 1.5x caches)
-      self._shrinkers[key] = jax.jit(shrink, out_shardings=shardings)
-    return self._shrinkers[key](state, self._put(order.astype(np.int32), (None,)), jnp.int32(live))
+      self._shrinkers[key] = jax.jit(shrink, out_shardings=rest(formats))
+    small = self._shrinkers[key](rest(state), order_dev, jnp.int32(live))
+    return dataclasses.replace(small, cache=dataclasses.replace(small.cache, k=k, v=v))
+
+  def _mover(self, fmt) -> Callable:
+    """Rows `order` of one layer's cache, into `fmt` (a jitted gather per output format)."""
+    if fmt not in self._shrinkers:
+      self._shrinkers[fmt] = jax.jit(lambda x, order: jnp.take(x, order, axis=0),
+                                     out_shardings=fmt)
+    return self._shrinkers[fmt]
 
   # ---- host side ----------------------------------------------------------------------------
   def _put(self, x, axes):
@@ -485,10 +581,10 @@ class Engine:
     if not prompts:
       return []
     n = num_samples
-    rows, slots, width = self.shapes([len(p) for p in prompts], n)
+    rows, slots, width = self.plan([len(p) for p in prompts], n, sampling)
     sampler, seed = sampling.traced(), jnp.int32(seed)
-    self._note_shape(self._decode_key(rows, slots, width, n, sampler))
-    pool, state = self.init_state(*self.specs(rows, slots, width, n)[:2])
+    program = self.decode_program(rows, slots, width, n, sampler)
+    pool, state = self.init_state(*self.specs(rows, slots, width, n)[:2], program.state_formats)
     problems = [Problem(i, list(p), problem_key(pid))
                 for i, (p, pid) in enumerate(zip(prompts, problem_ids))]
     run = Scheduler(slots=SlotPool.create(problems, slots, n),
@@ -509,9 +605,9 @@ class Engine:
       queue = self._work_queue(items, queue_length(run.rows.size))
       tic = time.perf_counter()
       self.stats.host_s += tic - toc
-      state, taken, events = self._decode(self.params, pool, state, queue,
-                                          self._put(run.rows.kill, ("batch",)), seed, sampler,
-                                          steps=self.ecfg.chunk_steps)
+      program = self.decode_program(run.rows.size, slots, width, n, sampler)
+      state, taken, events = program(self.params, pool, state, queue,
+                                     self._put(run.rows.kill, ("batch",)), seed, sampler)
       taken = int(taken)
       events = jax.tree.map(np.asarray, events)
       toc = time.perf_counter()
@@ -557,9 +653,8 @@ class Engine:
     if size == rows.size:
       return state
     order = rows.tail_order(size)
-    state_spec = self.specs(size, slots, width, num_samples)[1]
-    self._note_shape(self._decode_key(size, slots, width, num_samples, sampler))
-    state = self._shrink(state, order, len(live), state_spec)
+    program = self.decode_program(size, slots, width, num_samples, sampler)
+    state = self._shrink(state, order, len(live), program.state_formats)
     rows.reorder(order)
     self.stats.shrinks += 1
     return state
