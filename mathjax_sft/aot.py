@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -50,8 +51,10 @@ class Target:
     return "cpu" if self.name.startswith("cpu") else "tpu"
 
 
-def target(name: str) -> Target:
-  """`"cpu:N"` or a TPU topology name (needs libtpu: `pip install -e '.[tpu]'`)."""
+def target(name: str, chips_per_host: Sequence[int] | None = None) -> Target:
+  """`"cpu:N"` or a TPU topology name (needs libtpu: `pip install -e '.[tpu]'`);
+  `chips_per_host` (x, y, z) where a slice's hosts differ from libtpu's default (4 chips:
+  a v5e-8 host holds 2 x 4)."""
   if name.startswith("cpu"):
     count = int(name.split(":", 1)[1]) if ":" in name else len(jax.devices("cpu"))
     cpus = jax.devices("cpu")
@@ -64,9 +67,15 @@ def target(name: str) -> Target:
   if generation not in TPU_HBM_GIB:
     raise ValueError(f"topology {name!r}: expected '<generation>:<shape>' with generation in "
                      f"{sorted(TPU_HBM_GIB)} (e.g. v5p:4x4x4), or cpu:N")
+  # libtpu describes the slice only (no TPU here): without its start-up noise, and without its
+  # one-process lock (a job on this host may hold it)
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    topo = topologies.get_topology_desc(topology_name=name, platform="tpu")
+    host = {} if not chips_per_host else {"chips_per_host_bounds": tuple(chips_per_host)}
+    topo = topologies.get_topology_desc(topology_name=name, platform="tpu", **host)
   except Exception as e:  # libtpu missing or an unknown shape: say which
     raise RuntimeError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); "
                        "libtpu comes with pip install -e '.[tpu]'") from None

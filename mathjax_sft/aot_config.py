@@ -21,6 +21,9 @@ class AotCheckConfig:
   topology: str | None = setting(None, "TPU topology (v4:4x4x4, v5e:4x4, v5p:4x4x4, v6e:8x8, ...) "
                                  "or cpu:N for N simulated CPU devices. Default: the train config's "
                                  "mesh.topology.")
+  chips_per_host: tuple[int, ...] = setting((), "TPU chips per host as x,y,z where the slice's "
+                                            "hosts differ from libtpu's default of 4 chips (a "
+                                            "v5e-8 host: 2,4,1); empty: the default.")
   programs: tuple[str, ...] = setting(PROGRAMS, "Which programs: train, sample.", choices=PROGRAMS)
   headroom: float = setting(0.10, "Fraction of HBM that must stay free for a program to pass "
                             "(exit status 1 otherwise).")
@@ -28,9 +31,10 @@ class AotCheckConfig:
                              f"tools/sample.py's default is {_S['num_samples']}).")
   max_new_tokens: int = setting(_S["max_new_tokens"], "Sampler: longest sample.")
   prompt_len: int = setting(256, "Sampler: longest prompt of the run in tokens (rounded up to a "
-                            "multiple of 64: the prompt pool width).")
-  rows: int | None = setting(None, "Sampler: decode rows in the pool (default: N, i.e. one "
-                             "problem's samples at once).")
+                            "multiple of 16: the prompt pool width).")
+  rows: int | None = setting(None, "Sampler: decode rows in the pool (default: as a run plans "
+                             "them, the most, up to 256, whose decode fits 90% of the device's "
+                             "HBM).")
   prefix_slots: int | None = setting(_S["prefix_slots"], "Sampler: prompts resident at once "
                                      "(default rows // N + 3).")
   chunk_steps: int = setting(_S["chunk_steps"], "Sampler: decode steps per compiled chunk.")

@@ -1,6 +1,7 @@
 """Ahead-of-time compiles: per-device work and memory shrink with the mesh (the sharded-step
 tests compare numbers, which cannot see that), and tools/aot_check.py on a TPU topology."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,6 +64,58 @@ def test_sampler_programs_shard_rows_and_cache():
   cache = one["sample_decode"].argument_bytes - pool
   assert eight["sample_decode"].argument_bytes - eight["sample_prefill"].argument_bytes <= (
       0.2 * cache), "the rows' caches are split over the devices"
+
+
+# Heads of head_dim 128 (LLaMA's): the decode cache shape in which XLA:TPU tiles the cache in
+# another order inside the decode loop than row-major.
+DECODE_CFG = ModelConfig(vocab_size=512, hidden_size=1024, intermediate_size=1024, num_layers=2,
+                         num_heads=8, num_kv_heads=8, head_dim=128, max_position_embeddings=1024,
+                         scan_layers=False, remat=False, param_dtype="bfloat16",
+                         compute_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("target,dtype", [("cpu:1", "float32"), ("v5p:2x2x1", "bfloat16")])
+def test_decode_keeps_one_copy_of_the_cache(target, dtype):
+  """The decode chunk's temporaries stay within a quarter of the rows' caches it carries: no
+  second copy of the cache (each platform in the dtype it samples in). On a v5p chip (libtpu,
+  no TPU needed) a row-major state was copied into the loop's tiled order and back: 99 MiB of
+  temporaries for this 128 MiB cache, 16 MiB in the layout the program takes."""
+  from mathjax_sft.sample.engine import EngineConfig
+  rows, new = 64, 256
+  c = DECODE_CFG.replace(param_dtype=dtype, compute_dtype=dtype)
+  ecfg = EngineConfig(max_new_tokens=new, rows=rows)
+  reports = {r.program: r for r in aot.check_sample(c, aot.target(target), None, ecfg, 16, 64)}
+  decode = reports["sample_decode"]
+  itemsize = 4 if dtype == "float32" else 2
+  cache = 2 * c.num_layers * rows * c.num_kv_heads * c.head_dim * new * itemsize
+  assert decode.argument_bytes >= cache and decode.settings["decode_rows"] == rows
+  assert decode.temp_bytes <= 0.25 * cache, decode.temp_bytes / cache
+  assert decode.alias_bytes >= cache                     # the state is updated in place
+  assert decode.floor_bytes >= cache and decode.xla_bytes > 0
+
+
+def test_rows_from_the_compiled_program_against_the_device_memory():
+  """Default rows: the most whose compiled decode fits 90% of the device's memory (here a
+  pretend device of 128 MiB for 63 MB of f32 weights and 2 MiB of cache per row; the weights are
+  never allocated); rows given that cannot fit are refused before any weight exists, naming
+  --rows."""
+  from mathjax_sft import errors
+  from mathjax_sft.sample import engine as engine_lib, programs
+  memory = 128 * 2 ** 20
+  cfg = DECODE_CFG.replace(param_dtype="float32", compute_dtype="float32")
+  ecfg = engine_lib.EngineConfig(max_new_tokens=256)
+  engine = engine_lib.Engine(None, cfg, ecfg, memory=memory)
+  sampling = engine_lib.SamplingParams()
+  rows, slots, width = engine.plan([50] * 16, 16, sampling)
+  assert 8 <= rows < 64, rows                       # 16 x 16 samples of work, the cap 64 on CPU
+  fitted = engine.decode_program(rows, slots, width, 16, sampling.traced())
+  assert fitted.peak_bytes <= programs.MEMORY_FRACTION * memory
+  assert engine.params is None
+  too_many = engine_lib.Engine(None, cfg, dataclasses.replace(ecfg, rows=64),
+                               memory=memory)
+  with pytest.raises(errors.BadInput, match="64 rows x 256 new tokens.*--rows") as e:
+    too_many.plan([50] * 16, 16, sampling)
+  assert e.value.flag == "--rows"
 
 
 def test_aot_check_tool_on_a_tpu_topology(tmp_path):

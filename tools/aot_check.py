@@ -49,11 +49,6 @@ def main(argv):
   if topology.startswith("cpu"):
     count = topology.split(":", 1)[1] if ":" in topology else "8"
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={count}")
-  else:   # libtpu: describe the slice only (no TPU here), without its start-up noise
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    # compile only: do not take libtpu's one-process lock (a training job may hold it)
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_platforms", "cpu")   # compile for the target; run nothing here
 
@@ -71,7 +66,7 @@ def main(argv):
     print(f"aot_check: {m.init_checkpoint} is not converted here: using the shape of "
           f"model.preset={m.preset}", file=sys.stderr)
     c = c.replace({"model.init_checkpoint": ""})
-  tgt = aot.target(topology)
+  tgt = aot.target(topology, a.chips_per_host)
   cfg = model_setup.model_config(c.model)
   reports = []
   if "train" in a.programs:

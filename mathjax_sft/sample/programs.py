@@ -85,7 +85,14 @@ def over_memory(error: Exception) -> bool:
 
 def does_not_fit(rows: int, max_new_tokens: int, peak: int | None, memory: int) -> str:
   """The message for a pool that does not fit, naming the settings that shrink it."""
-  need = "more than the device's memory" if peak is None else f"{peak / GIB:.1f} GiB per device"
+  need = "more than the device's memory" if peak is None else f"{_size(peak)} per device"
   return (f"the decode of {rows} rows x {max_new_tokens} new tokens needs {need}; at most "
-          f"{100 * MEMORY_FRACTION:.0f}% of its {memory / GIB:.1f} GiB may be used: lower --rows "
+          f"{100 * MEMORY_FRACTION:.0f}% of its {_size(memory)} may be used: lower --rows "
           "(or --max_new_tokens), or shard the rows and weights over more devices (--mesh_shape)")
+
+
+def _size(n: float) -> str:
+  for unit, size in (("GiB", GIB), ("MiB", 2 ** 20)):
+    if n >= size:
+      return f"{n / size:.1f} {unit}"
+  return f"{n / 1024:.0f} KiB"

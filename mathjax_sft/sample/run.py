@@ -80,9 +80,10 @@ class SampleRunConfig:
       (), "Extra stop strings (also --stop), besides EOS and the template's own (xwin: </s>, "
       "USER, ASSISTANT, Question, Instruction, Response; alpaca: ### Instruction, ### Response).")
   rows: int | None = setting(
-      None, "Decode rows in the pool, shared by all problems (default: what fits the device next "
-      "to the model, at most 64 on a CPU, never more than problems x N). Does not change the "
-      "samples.")
+      None, "Decode rows in the pool, shared by all problems (default: the most, up to 256, whose "
+      "compiled decode program fits 90% of the device's memory, checked before the weights "
+      "load; at most 64 on a CPU; never more than problems x N). Rows given that cannot fit "
+      "are refused. Does not change the samples.")
   prefix_slots: int | None = setting(
       None, "Prompts resident at once (default rows // N + 3). Does not change the samples.")
   chunk_steps: int = setting(
@@ -113,6 +114,10 @@ class SampleRunConfig:
     if self.num_samples <= 0:
       raise ValueError(f"num_samples must be positive, got {self.num_samples}")
     SamplingParams(self.temperature, self.top_p, self.top_k)   # validates
+
+  @property
+  def sampling(self) -> SamplingParams:
+    return SamplingParams(self.temperature, self.top_p, self.top_k)
 
   @property
   def all_stop_strings(self) -> tuple[str, ...]:
@@ -267,37 +272,45 @@ def load_prompts(cfg: SampleRunConfig) -> _Prompts:
   return _Prompts(problems, texts, ids, tokenizer)
 
 
-def load_engine(cfg: SampleRunConfig, tokenizer) -> tuple[Engine, Any]:
-  """The engine holding the checkpoint's weights (on a mesh over this process's devices), and
-  the model config."""
+def load_engine(cfg: SampleRunConfig, tokenizer,
+                prompt_lengths: list[int]) -> tuple[Engine, Any]:
+  """The engine on a mesh over this process's devices, with its row pool planned for prompts of
+  these lengths (`Engine.plan`: the compiled decode program against the device's memory, so a
+  pool that cannot fit is named before any weight is loaded), then the checkpoint's weights;
+  and the model config."""
   mesh = (mesh_lib.make_mesh(cfg.mesh_shape, devices=jax.local_devices()) if cfg.mesh_shape
           else None)
   overrides = {"compute_dtype": cfg.compute_dtype}
   if cfg.param_dtype:
     overrides["param_dtype"] = cfg.param_dtype
-  params, model_cfg = ckpt.load_params(cfg.checkpoint, mesh=mesh, **overrides)
+  model_cfg = ckpt.load_config(cfg.checkpoint, **overrides)
   detokenize = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-  engine = Engine(params, model_cfg, EngineConfig(
+  engine = Engine(None, model_cfg, EngineConfig(
       max_new_tokens=cfg.max_new_tokens, rows=cfg.rows, prefix_slots=cfg.prefix_slots,
       chunk_steps=cfg.chunk_steps, min_tail_rows=cfg.min_tail_rows,
-      stop_strings=cfg.all_stop_strings), mesh=mesh, donate=True,
-      detokenize=detokenize)
+      stop_strings=cfg.all_stop_strings), mesh=mesh, detokenize=detokenize)
+  if prompt_lengths:
+    engine.plan(prompt_lengths, cfg.num_samples, cfg.sampling)
+  params, model_cfg = ckpt.load_params(cfg.checkpoint, mesh=mesh, **overrides)
+  engine.load(params, donate=True)
   del params   # donated: the engine holds the only copy of the weights
   return engine, model_cfg
 
 
-def plan_problems(out_dir: Path, settings: dict[str, Any], problems) -> _Plan:
-  """Creates the run directory (settings.json: every input has loaded, the run is real) and
-  picks this process's problems not yet in it."""
+def plan_problems(out_dir: Path, problems) -> _Plan:
+  """This process's problems not yet in the run directory (which is not touched)."""
+  rank, world = jax.process_index(), jax.process_count()
+  done = set(read_records(out_dir)) if out_dir.exists() else set()
+  mine = [i for i in range(len(problems)) if i % world == rank]
+  todo = [i for i in mine if problems[i].id not in done]
+  return _Plan(rank, world, mine, todo, JsonlStore(out_dir / samples_file(rank, world)))
+
+
+def open_run(out_dir: Path, settings: dict[str, Any]) -> None:
+  """Creates the run directory (settings.json: every input has loaded, the run is real)."""
   out_dir.mkdir(parents=True, exist_ok=True)
   if not _check_settings(out_dir, settings):
     _write_settings(out_dir, settings)
-  rank, world = jax.process_index(), jax.process_count()
-  done = set(read_records(out_dir))
-  store = JsonlStore(out_dir / samples_file(rank, world))
-  mine = [i for i in range(len(problems)) if i % world == rank]
-  todo = [i for i in mine if problems[i].id not in done]
-  return _Plan(rank, world, mine, todo, store)
 
 
 def _graded_record(problem, prompt: str, samples, grader: Grader) -> dict[str, Any]:
@@ -333,9 +346,8 @@ def sample_and_grade(cfg: SampleRunConfig, engine: Engine, prompts: _Prompts, pl
         bar.set_postfix(tok_s=f"{st.useful_tokens / (st.decode_s + st.prefill_s):.0f}",
                         util=f"{st.utilisation:.2f}")
 
-    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k)
     engine.generate([prompts.ids[i] for i in todo], [problems[i].id for i in todo],
-                    cfg.num_samples, sampling, cfg.seed, on_problem=finish)
+                    cfg.num_samples, cfg.sampling, cfg.seed, on_problem=finish)
   bar.close()
   plan.store.close()
   return grade_s
@@ -402,9 +414,10 @@ def run(cfg: SampleRunConfig, show_progress: bool = True) -> dict[str, Any]:
   start = time.perf_counter()
   cfg, settings = resolve_settings(cfg)
   prompts = load_prompts(cfg)
-  engine, model_cfg = load_engine(cfg, prompts.tokenizer)
   out_dir = Path(cfg.output_dir)
-  plan = plan_problems(out_dir, settings, prompts.problems)
+  plan = plan_problems(out_dir, prompts.problems)
+  engine, model_cfg = load_engine(cfg, prompts.tokenizer, [len(prompts.ids[i]) for i in plan.todo])
+  open_run(out_dir, settings)
   grade_s = sample_and_grade(cfg, engine, prompts, plan, show_progress)
   this_run = _this_run(engine, plan, grade_s)
   return summarise(out_dir, prompts.problems, settings, model_cfg, this_run, start)

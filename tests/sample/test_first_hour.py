@@ -120,3 +120,20 @@ def test_a_changed_checkpoint_refuses_to_resume(tiny_model, tmp_path):
   assert ckpt.fingerprint(model) != before
   with pytest.raises(ValueError, match="other settings: checkpoint_fingerprint"):
     run_lib.run(_cfg(model, data, out, num_problems=2), show_progress=False)
+
+
+def test_rows_that_cannot_fit_are_named_before_the_weights_load(tiny_model, tmp_path,
+                                                                 monkeypatch):
+  """On a device that reports its memory (here a pretend 64 KiB), rows whose compiled decode
+  cannot fit are named in one line before any weight is read, and no settings.json is written."""
+  from mathjax_sft import errors
+  from mathjax_sft.sample import programs
+  data = helpers.write_jsonl(tmp_path / "p.jsonl", helpers.arithmetic_rows(3))
+  out = tmp_path / "run"
+  monkeypatch.setattr(programs, "device_memory", lambda device: 2 ** 16)
+  monkeypatch.setattr(ckpt, "load_params", lambda *a, **k: pytest.fail("the weights loaded"))
+  with pytest.raises(errors.BadInput, match=r"4 rows x 6 new tokens needs .* per device.*"
+                                            r"64 KiB.*--rows") as e:
+    run_lib.run(_cfg(tiny_model, data, out), show_progress=False)
+  assert e.value.flag == "--rows"
+  assert not (out / run_lib.SETTINGS_FILE).exists()
