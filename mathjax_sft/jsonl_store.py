@@ -126,9 +126,22 @@ class JsonlStore:
       f.seek(offset)
       return self._parse(f.readline(), f"byte {offset}")
 
+  @staticmethod
+  def encode(record: dict[str, Any]) -> bytes:
+    """`record` as the line `append` writes."""
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+  def size(self) -> int:
+    """Bytes in the file now (0 when absent)."""
+    return self.path.stat().st_size if self.path.exists() else 0
+
   def append(self, record: dict[str, Any]) -> int:
     """Writes `record` as one line with a single write, then fsyncs; returns the line's offset."""
-    data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    return self.append_lines(self.encode(record))
+
+  def append_lines(self, data: bytes) -> int:
+    """Writes whole lines (`encode`d records, joined) with a single write, then fsyncs; returns
+    the offset of the first. A crash can tear only the last of them."""
     if self._fd is None:
       self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     offset = os.lseek(self._fd, 0, os.SEEK_END)   # where O_APPEND will put it (one writer: the lock)

@@ -183,12 +183,14 @@ class BatchPipeline:
       detail = failed.detail if isinstance(failed, RequestFailed) else f"{type(failed).__name__}"
       log.error("batch %s lost (%s); its requests will be resubmitted", name, detail)
       self._unanswered(entry, {}, "batch_lost", detail)
+      await self.out.drain()
       self.batches.state.update(name, consumed=True, abandoned=True)
       return
     log.info("batch %s (%s): %s, %d results", name, batch_id, batch.status, len(items))
     for item in items.values():
       self._consume(item)
     self._unanswered(entry, items, f"batch_{batch.status}", f"no result in batch {batch_id}")
+    await self.out.drain()
     self.batches.state.update(name, consumed=True, status=batch.status)
 
   def _unanswered(self, entry: dict[str, Any], items: dict[str, BatchItem], reason: str, detail: str) -> None:
@@ -253,10 +255,10 @@ class BatchPipeline:
               for step, rec in ((steps.NEW_QUESTION, q1), (steps.VERIFY, v), (steps.ANSWER, a))}
     raw = {step: record.get("content") for step, record in stored.items()}
     self.filters.dedup.add(v["question"], task.id)   # no-op unless it came from a re-attached batch
-    self.out.write_row(steps.row_record(
+    self.out.queue_row(steps.row_record(
         self.fmt, task, question=v["question"], verdict=verdict, answer=stored[steps.ANSWER]["answer"], raw=raw,
         model=model or q1.get("model") or self.config.model, usage=dict(self.row_usage[task.id])))
 
   def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str) -> None:
-    self.out.write_failure(steps.failure_record(task, step, reason, detail, dict(self.row_usage[task.id]),
+    self.out.queue_failure(steps.failure_record(task, step, reason, detail, dict(self.row_usage[task.id]),
                                                 self.config.model))

@@ -100,7 +100,11 @@ class SynthConfig:
 
   # Output.
   progress: bool = setting(True, "Show a progress bar (rows done, failures, tokens).")
-  fsync: bool = setting(True, "fsync after every output line (crash-safe; leave on).")
+  fsync: bool = setting(True, "fsync every group of output lines before their rows count as "
+                        "written (crash-safe; leave on).")
+  dedup_save_interval: float = setting(60.0, "Seconds between saves of the dedup index "
+                                       "(output_dir/dedup_index), which a resumed run loads "
+                                       "instead of rebuilding it from every row.")
   usage_flush_interval: float = setting(10.0, "Seconds between usage.json snapshots.")
 
   def __post_init__(self):
@@ -117,7 +121,8 @@ class SynthConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     non_negative = ("limit_references", "requests_per_minute", "tokens_per_minute", "backoff_base",
                     "backoff_max", "max_retry_after", "max_reply_retries", "max_consecutive_failures",
-                    "price_prompt_per_million", "price_completion_per_million", "batch_poll_interval")
+                    "price_prompt_per_million", "price_completion_per_million", "batch_poll_interval",
+                    "dedup_save_interval")
     for name in non_negative:
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -5,6 +5,12 @@ Layout: `rows.jsonl` (finished rows), `failures.jsonl` (id, step, reason, detail
 active, so two runs cannot write the same directory; the kernel drops it even on SIGKILL).
 Every row id is written to exactly one of the two JSONL files, once: ids already present are
 skipped when a run starts, and a second write of an id in one run is refused.
+
+Writes go through a group commit (`mathjax_sft.group_commit`): `write_row` / `write_failure`
+return once the record is durable; `queue_row` / `queue_failure` return at once and `drain`
+waits for them. Opening streams the files: rows.jsonl is read line by line for the ids only (the
+id is the first field of every row this tool writes), so a million finished rows cost seconds,
+not a parse of every row.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import collections
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mathjax_sft import errors
-from mathjax_sft.jsonl_store import JsonlStore
+from mathjax_sft.group_commit import GroupCommit
+from mathjax_sft.jsonl_store import JsonlStore, StoreError
 from mathjax_sft.synth import retry
 from mathjax_sft.synth.usage import USAGE_NAME, UsageTracker
 
@@ -25,6 +33,7 @@ log = logging.getLogger(__name__)
 ROWS_NAME = "rows.jsonl"
 FAILURES_NAME = "failures.jsonl"
 LOCK_NAME = ".lock"
+_ID_HEAD = b'{"id":"'
 
 
 class OutputDirBusy(errors.UserError, RuntimeError):
@@ -44,20 +53,17 @@ class OutputDir:
     except BlockingIOError:
       os.close(self._lock_fd)
       raise OutputDirBusy(f"{self.path} is in use by another synthesize run") from None
+    self.question_field = question_field
     self.rows = JsonlStore(self.path / ROWS_NAME, fsync=fsync)
     self.failures = JsonlStore(self.path / FAILURES_NAME, fsync=fsync)
     self.done: set[str] = set()
-    self.existing_questions: list[tuple[str, str]] = []   # (row id, question) of finished rows
+    self.final_failure_ids: set[str] = set()
     self.previous_rows = 0
     self.previous_failures: collections.Counter[str] = collections.Counter()   # final, by reason
     self.pending_retry: set[str] = set()   # rows whose last failure was transient: asked again
-    for record in self.rows:
-      self._remember(record, self.rows.path)
-      self.pending_retry.discard(record.get("id"))
+    for row_id in self._row_ids():
+      self._remember(row_id, self.rows.path)
       self.previous_rows += 1
-      question = record.get(question_field)
-      if isinstance(question, str):
-        self.existing_questions.append((record["id"], question))
     for record in self.failures:
       reason = str(record.get("reason"))
       row_id = record.get("id")
@@ -66,19 +72,61 @@ class OutputDir:
           self.pending_retry.add(row_id)
         continue
       self.pending_retry.discard(row_id)
-      self._remember(record, self.failures.path)
+      if row_id not in self.done:
+        self.final_failure_ids.add(row_id)
+      self._remember(row_id, self.failures.path)
       self.previous_failures[reason] += 1
     self.usage: UsageTracker | None = None
     self.progress = None  # a tqdm bar, set by the runner when wanted
+    self._rows_commit = GroupCommit(self.rows)
+    self._failures_commit = GroupCommit(self.failures)
+
+  def _row_ids(self) -> Iterator[str]:
+    """The id of every line of rows.jsonl, streamed; a line is parsed only when its id is not a
+    plain string at its start."""
+    if not self.rows.path.exists():
+      return
+    with open(self.rows.path, "rb") as f:
+      for line_no, line in enumerate(f, start=1):
+        if not line.endswith(b"}\n"):
+          raise StoreError(f"{self.rows.path}:{line_no}: not a whole JSON object line")
+        end = line.find(b'"', len(_ID_HEAD))
+        if line.startswith(_ID_HEAD) and end > 0 and b"\\" not in line[len(_ID_HEAD):end]:
+          yield line[len(_ID_HEAD):end].decode("utf-8")
+        else:
+          row_id = JsonlStore.parse_line(self.rows.path, line, line_no).get("id")
+          if not isinstance(row_id, str):
+            raise StoreError(f"{self.rows.path}:{line_no}: a record without a string 'id'")
+          yield row_id
+
+  def row_questions(self, start: int = 0) -> Iterator[tuple[str, str]]:
+    """(id, question) of every row from byte `start` of rows.jsonl on (each line parsed)."""
+    if not self.rows.path.exists():
+      return
+    with open(self.rows.path, "rb") as f:
+      f.seek(start)
+      for line_no, line in enumerate(f, start=1):
+        record = JsonlStore.parse_line(self.rows.path, line, f"{line_no} after byte {start}")
+        question = record.get(self.question_field)
+        if isinstance(question, str) and isinstance(record.get("id"), str):
+          yield record["id"], question
+
+  def is_row(self, row_id: str) -> bool:
+    """Whether `row_id` is recorded in rows.jsonl (not as a failure)."""
+    return row_id in self.done and row_id not in self.final_failure_ids
+
+  @property
+  def rows_durable_bytes(self) -> int:
+    """How many bytes of rows.jsonl are known to be on disk."""
+    return self._rows_commit.durable_size
 
   @property
   def usage_path(self) -> Path:
     return self.path / USAGE_NAME
 
-  def _remember(self, record: dict[str, Any], path: Path) -> None:
-    row_id = record.get("id")
+  def _remember(self, row_id: Any, path: Path) -> None:
     if not isinstance(row_id, str):
-      raise ValueError(f"{path}: a record without a string 'id'")
+      raise StoreError(f"{path}: a record without a string 'id'")
     if row_id in self.done:
       log.warning("%s: id %s already recorded earlier; keeping the first record", path, row_id)
     self.done.add(row_id)
@@ -90,22 +138,45 @@ class OutputDir:
     self.done.add(row_id)
     return True
 
-  def write_row(self, record: dict[str, Any]) -> None:
-    """Appends a finished row (once per id)."""
+  async def write_row(self, record: dict[str, Any]) -> None:
+    """Appends a finished row (once per id); returns when it is durable."""
     if self._claim(record["id"]):
-      self.rows.append(record)
-      if self.usage is not None:
-        self.usage.record_row()
-      self._tick()
+      await self._rows_commit.append(record)
+      self._counted_row()
 
-  def write_failure(self, record: dict[str, Any]) -> None:
-    """Appends a failed row with its reason (once per id)."""
+  async def write_failure(self, record: dict[str, Any]) -> None:
+    """Appends a failed row with its reason (once per id); returns when it is durable."""
     if self._claim(record["id"]):
-      self.failures.append(record)
-      if self.usage is not None:
-        self.usage.record_failure(record["reason"])
-      log.info("row %s failed at %s: %s (%s)", record["id"], record["step"], record["reason"], record["detail"])
-      self._tick()
+      await self._failures_commit.append(record)
+      self._counted_failure(record)
+
+  def queue_row(self, record: dict[str, Any]) -> None:
+    """`write_row` without waiting: durable after `drain`."""
+    if self._claim(record["id"]):
+      self._rows_commit.submit(record)
+      self._counted_row()
+
+  def queue_failure(self, record: dict[str, Any]) -> None:
+    """`write_failure` without waiting: durable after `drain`."""
+    if self._claim(record["id"]):
+      self._failures_commit.submit(record)
+      self._counted_failure(record)
+
+  async def drain(self) -> None:
+    """Waits until every row and failure written so far is durable."""
+    await self._rows_commit.drain()
+    await self._failures_commit.drain()
+
+  def _counted_row(self) -> None:
+    if self.usage is not None:
+      self.usage.record_row()
+    self._tick()
+
+  def _counted_failure(self, record: dict[str, Any]) -> None:
+    if self.usage is not None:
+      self.usage.record_failure(record["reason"])
+    log.info("row %s failed at %s: %s (%s)", record["id"], record["step"], record["reason"], record["detail"])
+    self._tick()
 
   def _tick(self) -> None:
     if self.progress is not None and self.usage is not None:
@@ -115,8 +186,8 @@ class OutputDir:
                                 tokens=u.prompt_tokens + u.completion_tokens, refresh=False)
 
   def close(self) -> None:
-    self.rows.close()
-    self.failures.close()
+    self._rows_commit.close()
+    self._failures_commit.close()
     if self._lock_fd is not None:
       os.close(self._lock_fd)   # releases the flock
       self._lock_fd = None

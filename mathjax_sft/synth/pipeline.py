@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from mathjax_sft.synth import retry, steps
 from mathjax_sft.synth.client import ChatClient, RequestFailed
 from mathjax_sft.synth.config import SynthConfig
-from mathjax_sft.synth.filters import QuestionFilters
+from mathjax_sft.synth.filter_worker import FilterWorker
 from mathjax_sft.synth.formats import DatasetFormat
 from mathjax_sft.synth.outputs import OutputDir
 from mathjax_sft.synth.replies import parse_new_question
@@ -51,7 +51,7 @@ class _Breaker:
 class OnlinePipeline:
   """Runs row tasks through the three steps against a ChatClient."""
 
-  def __init__(self, config: SynthConfig, fmt: DatasetFormat, chat: ChatClient, filters: QuestionFilters,
+  def __init__(self, config: SynthConfig, fmt: DatasetFormat, chat: ChatClient, filters: FilterWorker,
                out: OutputDir):
     self.config = config
     self.fmt = fmt
@@ -103,12 +103,12 @@ class OnlinePipeline:
       add(spent)
       raw[step] = result.content
       if not verdict.valid:
-        return self._fail(task, step, "verify_rejected", verdict.reason, usage)
+        return await self._fail(task, step, "verify_rejected", verdict.reason, usage)
 
       step = steps.FILTER
-      hit = self.filters.check(verdict.question, task.id)
+      hit = await self.filters.check(verdict.question, task.id)
       if hit is not None:
-        return self._fail(task, step, hit[0], hit[1], usage)
+        return await self._fail(task, step, hit[0], hit[1], usage)
 
       step = steps.ANSWER
       req = steps.answer_request(cfg, fmt, task, verdict.question)
@@ -120,14 +120,14 @@ class OnlinePipeline:
     except RequestFailed as failed:
       usage["prompt_tokens"] += failed.prompt_tokens
       usage["completion_tokens"] += failed.completion_tokens
-      return self._fail(task, step, failed.reason, failed.detail, usage)
+      return await self._fail(task, step, failed.reason, failed.detail, usage)
 
-    self.out.write_row(steps.row_record(fmt, task, question=verdict.question, verdict=verdict, answer=answer,
+    await self.out.write_row(steps.row_record(fmt, task, question=verdict.question, verdict=verdict, answer=answer,
                                         raw=raw, model=model_used, usage=usage))
     self._after_row(None)
 
-  def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str, usage: dict[str, int]) -> None:
-    self.out.write_failure(steps.failure_record(task, step, reason, detail, usage, self.config.model))
+  async def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str, usage: dict[str, int]) -> None:
+    await self.out.write_failure(steps.failure_record(task, step, reason, detail, usage, self.config.model))
     self._after_row(reason)
 
   def _after_row(self, reason: str | None) -> None:

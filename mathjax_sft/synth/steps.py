@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mathjax_sft.synth import prompts
@@ -35,11 +35,24 @@ def row_seed(base_seed: int, row_id: str) -> int:
   return (base_seed + int.from_bytes(hashlib.sha1(row_id.encode("utf-8")).digest()[:4], "big")) % (2**31 - 1)
 
 
-def make_tasks(references: list[Reference], config: SynthConfig) -> list[RowTask]:
-  """per_reference tasks per reference, k-th one sampled at temperatures[k % len]."""
+def task_id(reference: Reference, k: int) -> str:
+  """The id of the k-th row of `reference`."""
+  return f"{reference.id}-{k}"
+
+
+def iter_tasks(references: list[Reference], config: SynthConfig) -> Iterator[RowTask]:
+  """per_reference tasks per reference, k-th one sampled at temperatures[k % len], made as
+  they are asked for (a million rows are never all in memory)."""
   temps = config.temperatures
-  return [RowTask(f"{ref.id}-{k}", ref, k, temps[k % len(temps)], row_seed(config.seed, f"{ref.id}-{k}"))
-          for ref in references for k in range(config.per_reference)]
+  for ref in references:
+    for k in range(config.per_reference):
+      row_id = task_id(ref, k)
+      yield RowTask(row_id, ref, k, temps[k % len(temps)], row_seed(config.seed, row_id))
+
+
+def make_tasks(references: list[Reference], config: SynthConfig) -> list[RowTask]:
+  """`iter_tasks` as a list."""
+  return list(iter_tasks(references, config))
 
 
 @dataclasses.dataclass(frozen=True)
