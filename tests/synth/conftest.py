@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.synth.fake_openai import FakeConfig, FakeServer
+from mathjax_sft.synth.fake_server import FakeConfig, FakeServer
 from tests.synth.helpers import PLANTED_KEY, gsm8k_reference, write_jsonl
 
 

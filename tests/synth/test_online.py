@@ -16,7 +16,7 @@ from mathjax_sft.synth.pipeline import RunAborted
 from mathjax_sft.synth.references import load_references
 from mathjax_sft.synth.run import run
 from mathjax_sft.synth.steps import make_tasks
-from tests.synth import fake_openai
+from mathjax_sft.synth import fake_server as fake_teacher
 from tests.synth.helpers import PLANTED_KEY, fast_config, gsm8k_reference, read_jsonl, write_jsonl
 
 
@@ -31,7 +31,7 @@ def expected_ids(config) -> list[str]:
 def implied_answer(question: str) -> int:
   """The number a GSM8K question of the fake teacher asks for, worked out from the template that
   wrote it (exactly one template must match)."""
-  found = [fn(*map(int, m.groups())) for _, pattern, fn in fake_openai.GSM8K_TEMPLATES
+  found = [fn(*map(int, m.groups())) for _, pattern, fn in fake_teacher.GSM8K_TEMPLATES
            if (m := re.search(pattern, question))]
   assert len(found) == 1, question
   return found[0]

@@ -1,17 +1,26 @@
-"""A loopback fake of the OpenAI API for the synthesis tests (not part of the library).
+"""A loopback fake of the OpenAI API, for the synthesis tests and benchmark (`tools/bench_synth.py`).
 
 Speaks POST /v1/chat/completions, POST /v1/files, GET /v1/files/{id}/content, POST /v1/batches,
 GET /v1/batches/{id}, GET /v1/batches (list), plus GET /_stats. Replies are deterministic and
 derived from the prompt: step 1 builds a new word problem from the numbers of the reference and
 the seed, step 2 solves it and says VALID (or INVALID for `reject` markers), step 3 answers it in
 the target format (`#### n` or `\\boxed{n}`) with the correct value, so the pipeline's parsers and
-format checks are exercised for real.
+format checks are exercised for real. `question_style="varied"` writes questions from a larger
+grammar (several sentences, many names, items and numbers): unique, and as unlike each other as
+real ones, for runs of a million rows.
+
+Rate limits (`ratelimit_requests` / `ratelimit_tokens` per minute): every chat reply carries
+OpenAI's `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` headers, from
+buckets that hold `ratelimit_burst_seconds` worth of the limit; a request that finds a bucket
+empty gets a 429. Batch limits: a batch whose file has more than `batch_max_requests` lines or
+`batch_max_bytes` bytes fails validation, and one that would take the tokens enqueued in
+unfinished batches above `batch_enqueued_tokens` fails with `token_limit_exceeded`.
 
 Faults, drawn per request from a seeded RNG (or forced in order by `script`): "429" (with
 Retry-After), "500", "hang" (no reply for `hang_seconds`), "empty" (content ""), "malformed"
 (cycling through an invalid JSON body, a JSON body without choices, and content without tags).
 
-Standalone: `python tests/synth/fake_openai.py --port 0 --config '{"rate_500": 0.05}'` prints
+Standalone: `python -m mathjax_sft.synth.fake_server --port 0 --config '{"rate_500": 0.05}'` prints
 `PORT <n>` once listening.
 """
 
@@ -49,6 +58,35 @@ GSM8K_TEMPLATES = (
      "same size. How many plants are in the garden now?",
      r"has (\d+) rows of \w+ with (\d+) plants in each row, and \w+ plants (\d+) more", lambda a, b, c: (a + c) * b),
 )
+# The "varied" grammar: a few sentences and one question, each slot filled from its own list.
+VARIED_NAMES = NAMES + ("Abel", "Bianca", "Cyrus", "Dalia", "Elif", "Femi", "Gwen", "Hamza", "Ines", "Jalen",
+                        "Kenji", "Lucia", "Mateo", "Nadia", "Oscar", "Petra", "Rafael", "Selin", "Tomas", "Uma")
+VARIED_ITEMS = ITEMS + ("tomatoes", "crayons", "buttons", "candles", "tickets", "bricks", "beads", "lemons",
+                        "notebooks", "stamps", "balloons", "coins", "muffins", "ribbons", "tiles")
+PLACES = ("market", "school fair", "library", "bakery", "garden centre", "museum shop", "farm stand", "toy store",
+          "harbour", "train station", "park", "craft club")
+SENTENCES = (
+    "{name} buys {a} {item} at the {place} for ${b} each.",
+    "On Monday {name} collects {a} {item} and on Tuesday {b} more.",
+    "{name} shares {a} {item} equally among {b} friends.",
+    "Every box at the {place} holds {a} {item}, and {name} fills {b} boxes.",
+    "{name} had {a} {item} but lost {b} of them on the way to the {place}.",
+    "A bag of {item} costs ${a} and {name} has ${b} to spend.",
+    "{name} walks {a} blocks to the {place} and then {b} blocks back home.",
+    "The {place} sells {a} {item} in the morning and {b} in the afternoon.",
+    "{name} saves ${a} a week for {b} weeks.",
+    "Each of the {a} tables at the {place} has {b} {item} on it.",
+    "{name} paints {a} {item} per hour for {b} hours.",
+    "There are {a} rows of {item} in the {place}, with {b} in each row.",
+)
+QUESTIONS = (
+    "How many {item} does {name} have in the end?",
+    "How much money, in dollars, is left over?",
+    "How many {item} are there altogether?",
+    "What is the total number of {item} {name} handles?",
+    "How many more {item} would {name} need to reach {c}?",
+    "How many {item} does each friend of {name} get?",
+)
 MATH_TEMPLATE = ("What is the value of $a \\cdot b + c$ when $a = {a}$, $b = {b}$ and $c = {c}$?",
                  r"\$a = (\d+)\$, \$b = (\d+)\$ and \$c = (\d+)\$", lambda a, b, c: a * b + c)
 
@@ -76,6 +114,14 @@ class FakeConfig:
   echo_key_in_errors: bool = False    # 500 bodies quote the Authorization header (redaction test)
   batch_polls: int = 1                # GETs of a batch before it completes
   batch_status: list[str] = dataclasses.field(default_factory=list)  # terminal status of the n-th batch
+  question_style: str = "template"    # "template" (four GSM8K templates) or "varied" (see module docstring)
+  keep_log: bool = True               # keep (time, step, fault) of every chat request in `log`
+  ratelimit_requests: int = 0         # requests per minute announced and enforced (0: no headers)
+  ratelimit_tokens: int = 0           # tokens per minute announced and enforced (0: no headers)
+  ratelimit_burst_seconds: float = 60.0   # bucket size, in seconds of the limit
+  batch_max_requests: int = 50_000    # lines per batch input file
+  batch_max_bytes: int = 200 * 1000 * 1000   # bytes per batch input file
+  batch_enqueued_tokens: int = 0      # prompt tokens in unfinished batches (0: no limit)
 
 
 class FakeState:
@@ -92,6 +138,15 @@ class FakeState:
     self.files: dict[str, dict[str, Any]] = {}
     self.batches: dict[str, dict[str, Any]] = {}
     self.malformed_turn = 0
+    self.chat_requests = 0
+    self.buckets = {kind: Bucket(limit, config.ratelimit_burst_seconds)
+                    for kind, limit in (("requests", config.ratelimit_requests), ("tokens", config.ratelimit_tokens))
+                    if limit > 0}
+    self.rate_limited = 0               # 429s sent because a bucket was empty
+    self.batch_rejections: dict[str, int] = {}   # validation failures by code
+    self.max_enqueued_tokens = 0        # most prompt tokens ever in unfinished batches
+    self.max_batch_lines = 0
+    self.max_batch_bytes = 0
 
   def count(self, key: str) -> None:
     with self.lock:
@@ -112,6 +167,45 @@ class FakeState:
       return None
 
 
+class Bucket:
+  """A server-side rate limit: `limit` per minute, holding at most `burst_seconds` of it."""
+
+  def __init__(self, limit: int, burst_seconds: float):
+    self.limit = limit
+    self.rate = limit / 60.0
+    self.capacity = max(1.0, self.rate * burst_seconds)
+    self.level = self.capacity
+    self.updated = time.monotonic()
+
+  def take(self, amount: float) -> bool:
+    now = time.monotonic()
+    self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+    self.updated = now
+    if self.level < amount:
+      return False
+    self.level -= amount
+    return True
+
+  def headers(self, kind: str) -> dict[str, str]:
+    reset = (self.capacity - self.level) / self.rate
+    return {f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(int(self.level)),
+            f"x-ratelimit-reset-{kind}": duration_text(reset)}
+
+
+def duration_text(seconds: float) -> str:
+  """OpenAI's reset format: "6m0s", "1s", "20ms"."""
+  if seconds < 1:
+    return f"{int(seconds * 1000)}ms"
+  minutes, rest = divmod(seconds, 60)
+  return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.3g}s"
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+  """What the fake counts as a request's prompt tokens (4 characters a token)."""
+  return sum(len(str(m.get("content", ""))) for m in body.get("messages") or []) // 4 + 1
+
+
 # -- deterministic "model" --------------------------------------------------------------------------
 def _rng(*parts: object) -> random.Random:
   return random.Random(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest())
@@ -122,6 +216,19 @@ def _tag(text: str, tag: str) -> str | None:
   return m.group(1) if m else None
 
 
+def varied_question(rng: random.Random) -> str:
+  """A question from the larger grammar: 2 to 4 sentences (two names, one item, one place) and
+  a question; numbers up to 999."""
+  name, other = rng.sample(VARIED_NAMES, 2)
+  item, place = rng.choice(VARIED_ITEMS), rng.choice(PLACES)
+  parts = []
+  for template in rng.sample(SENTENCES, rng.randint(2, 4)):
+    parts.append(template.format(name=rng.choice((name, other)), item=item, place=place,
+                                 a=rng.randint(2, 999), b=rng.randint(2, 999)))
+  parts.append(rng.choice(QUESTIONS).format(name=name, item=item, c=rng.randint(100, 9999)))
+  return " ".join(parts)
+
+
 def new_question(reference: str, seed: object, temperature: object, is_math: bool, cfg: FakeConfig) -> str:
   for marker, text in cfg.contaminate.items():
     if marker in reference:
@@ -130,6 +237,8 @@ def new_question(reference: str, seed: object, temperature: object, is_math: boo
     seed, temperature = "dup", "dup"
   nums = [int(n) for n in re.findall(r"\d+", reference)] or [7]
   rng = _rng(reference, seed, temperature)
+  if cfg.question_style == "varied" and not is_math:
+    return varied_question(rng)
   a = nums[0] % 9 + rng.randint(2, 40)
   b = nums[-1] % 7 + rng.randint(2, 12)
   if is_math:
@@ -176,12 +285,11 @@ def chat_reply(body: dict[str, Any], cfg: FakeConfig) -> str:
 
 
 def completion(body: dict[str, Any], content: str) -> dict[str, Any]:
-  prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
   return {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion", "created": int(time.time()),
           "model": str(body.get("model", "fake")) + "-fake",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-          "usage": {"prompt_tokens": prompt // 4 + 1, "completion_tokens": len(content) // 4 + 1,
-                    "total_tokens": prompt // 4 + len(content) // 4 + 2}}
+          "usage": {"prompt_tokens": prompt_tokens(body), "completion_tokens": len(content) // 4 + 1,
+                    "total_tokens": prompt_tokens(body) + len(content) // 4 + 1}}
 
 
 def step_of(body: dict[str, Any]) -> str:
@@ -228,7 +336,10 @@ class Handler(BaseHTTPRequestHandler):
     state = self.server.state
     if self.path == "/_stats":
       with state.lock:
-        return self._send(200, {"counts": dict(state.counts), "requests": len(state.log)})
+        return self._send(200, {"counts": dict(state.counts), "requests": state.chat_requests,
+                                "rate_limited": state.rate_limited, "batch_rejections": dict(state.batch_rejections),
+                                "max_enqueued_tokens": state.max_enqueued_tokens,
+                                "max_batch_lines": state.max_batch_lines, "max_batch_bytes": state.max_batch_bytes})
     if not self._authorized():
       return
     m = re.fullmatch(r"/v1/files/([\w-]+)/content", self.path)
@@ -264,11 +375,23 @@ class Handler(BaseHTTPRequestHandler):
     state, cfg = self.server.state, self.server.state.config
     step = step_of(body)
     fault = state.draw_fault()
+    limits: dict[str, str] = {}
     with state.lock:
-      state.log.append((time.monotonic(), step, fault or "ok"))
+      state.chat_requests += 1
+      if state.buckets:
+        wanted = {"requests": 1.0, "tokens": prompt_tokens(body) + float(body.get("max_tokens") or 0)}
+        if fault is None and not all(b.take(wanted[kind]) for kind, b in state.buckets.items()):
+          fault = "limited"
+          state.rate_limited += 1
+        for kind, bucket in state.buckets.items():
+          limits.update(bucket.headers(kind))
+      if cfg.keep_log:
+        state.log.append((time.monotonic(), step, fault or "ok"))
     state.count(f"chat.{fault or 'ok'}")
     if cfg.latency:
       state.stop.wait(cfg.latency)
+    if fault == "limited":
+      return self._error(429, "Rate limit reached for requests", {**limits, "retry-after": "1"})
     if fault == "429":
       headers = {"Retry-After": cfg.retry_after}
       if cfg.retry_after_ms is not None:
@@ -291,7 +414,7 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, {"id": "chatcmpl-nochoices", "object": "chat.completion", "usage": None})
       return self._send(200, completion(body, "I'd rather talk about something else."))
     content = "" if fault == "empty" else chat_reply(body, cfg)
-    self._send(200, completion(body, content))
+    self._send(200, completion(body, content), limits)
 
   def _upload(self, raw: bytes) -> None:
     state = self.server.state
@@ -330,9 +453,38 @@ class Handler(BaseHTTPRequestHandler):
            "created_at": int(time.time()), "metadata": body.get("metadata"),
            "request_counts": {"total": 0, "completed": 0, "failed": 0}}
     with state.lock:
+      data = state.files[body["input_file_id"]]["data"]
+      lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+      tokens = sum(prompt_tokens(line.get("body") or {}) for line in lines)
+      error = self._validate(len(lines), len(data), tokens)
+      if error is not None:
+        state.batch_rejections[error[0]] = state.batch_rejections.get(error[0], 0) + 1
+        obj.update(status="failed", errors={"object": "list", "data": [
+            {"code": error[0], "message": error[1], "param": None, "line": None}]})
+      else:
+        state.max_batch_lines = max(state.max_batch_lines, len(lines))
+        state.max_batch_bytes = max(state.max_batch_bytes, len(data))
+        state.max_enqueued_tokens = max(state.max_enqueued_tokens, self._enqueued() + tokens)
       index = len(state.batches)
-      state.batches[batch_id] = {"obj": obj, "polls": 0, "index": index}
+      state.batches[batch_id] = {"obj": obj, "polls": 0, "index": index, "tokens": tokens}
     self._send(200, obj)
+
+  def _enqueued(self) -> int:
+    """Prompt tokens of the batches not finished yet (caller holds the lock)."""
+    return sum(b["tokens"] for b in self.server.state.batches.values()
+               if b["obj"]["status"] in ("validating", "in_progress", "finalizing"))
+
+  def _validate(self, lines: int, size: int, tokens: int) -> tuple[str, str] | None:
+    cfg = self.server.state.config
+    if lines > cfg.batch_max_requests:
+      return "too_many_requests", f"{lines} requests in one file; at most {cfg.batch_max_requests}"
+    if size > cfg.batch_max_bytes:
+      return "file_too_large", f"{size} bytes in one file; at most {cfg.batch_max_bytes}"
+    if cfg.batch_enqueued_tokens and self._enqueued() + tokens > cfg.batch_enqueued_tokens:
+      return "token_limit_exceeded", (f"Enqueued token limit reached. Limit: {cfg.batch_enqueued_tokens} "
+                                      "enqueued tokens. Please try again once some in_progress batches "
+                                      "have been completed.")
+    return None
 
   def _poll_batch(self, batch_id: str) -> dict[str, Any]:
     state = self.server.state
@@ -383,6 +535,7 @@ class FakeServer(ThreadingHTTPServer):
 
   daemon_threads = True
   allow_reuse_address = True
+  request_queue_size = 256     # many clients connect at once
 
   def __init__(self, config: FakeConfig, port: int = 0):
     self.state = FakeState(config)
