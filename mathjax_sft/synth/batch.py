@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import openai
 
 from mathjax_sft.synth import retry
-from mathjax_sft.synth.client import ChatResult, FatalAPIError, RequestFailed, read_completion
+from mathjax_sft.synth.client import ChatResult, FatalAPIError, JsonView, RequestFailed, read_completion
 from mathjax_sft.synth.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -188,26 +188,6 @@ def _item(obj: dict[str, Any], redact: Redactor) -> BatchItem:
       failure = retry.SERVER_ERROR
     return BatchItem(custom_id, None, failure, f"batch request failed (status {status}): {detail}")
   try:
-    return BatchItem(custom_id, read_completion(_Obj.wrap(response.get("body"))))
+    return BatchItem(custom_id, read_completion(JsonView.wrap(response.get("body"))))
   except (TypeError, ValueError, AttributeError) as e:
     return BatchItem(custom_id, None, retry.MALFORMED_RESPONSE, f"unreadable batch response: {type(e).__name__}")
-
-
-class _Obj:
-  """Attribute access over plain JSON (so the same reader handles batch bodies)."""
-
-  def __init__(self, data: dict[str, Any]):
-    self._data = data
-
-  @staticmethod
-  def wrap(value: Any) -> Any:
-    if isinstance(value, dict):
-      return _Obj(value)
-    if isinstance(value, list):
-      return [_Obj.wrap(v) for v in value]
-    return value
-
-  def __getattr__(self, name: str) -> Any:
-    if name.startswith("_"):
-      raise AttributeError(name)
-    return _Obj.wrap(self._data.get(name))

@@ -49,10 +49,16 @@ class SynthConfig:
   max_tokens_answer: int = setting(1536, "max_tokens of step 3.")
 
   # Transport: rate limits, timeouts, retries.
-  requests_per_minute: float = setting(500.0, "Client-side request rate limit (token bucket; "
-                                       "0 = none).")
-  tokens_per_minute: float = setting(300_000.0, "Client-side token rate limit: prompt estimate + "
-                                     "max_tokens per request, settled with real usage (0 = none).")
+  requests_per_minute: float | None = setting(None, "Most requests per minute. none: follow the "
+                                              "server's x-ratelimit-*-requests headers, and 500 "
+                                              "until a reply carries them (or when none does); a "
+                                              "number: the same, never above it; 0: no client-side "
+                                              "limit (headers ignored).")
+  tokens_per_minute: float | None = setting(None, "Most tokens per minute (prompt estimate + "
+                                            "max_tokens per request, settled with real usage). "
+                                            "none: follow the server's x-ratelimit-*-tokens "
+                                            "headers, and 300000 until a reply carries them; a "
+                                            "number: the same, never above it; 0: no limit.")
   request_timeout: float = setting(120.0, "Seconds before a request counts as timed out (then "
                                    "retried).")
   max_attempts: int = setting(6, "HTTP attempts per request on 429 / 5xx / timeout / connection "
@@ -119,7 +125,10 @@ class SynthConfig:
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    non_negative = ("limit_references", "requests_per_minute", "tokens_per_minute", "backoff_base",
+    for name in ("requests_per_minute", "tokens_per_minute"):
+      if getattr(self, name) is not None and getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0 or none, got {getattr(self, name)}")
+    non_negative = ("limit_references", "backoff_base",
                     "backoff_max", "max_retry_after", "max_reply_retries", "max_consecutive_failures",
                     "price_prompt_per_million", "price_completion_per_million", "batch_poll_interval",
                     "dedup_save_interval")

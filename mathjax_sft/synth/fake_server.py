@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import re
 import sys
@@ -185,6 +186,10 @@ class Bucket:
       return False
     self.level -= amount
     return True
+
+  def wait_ms(self, amount: float) -> int:
+    """Milliseconds until `amount` is available."""
+    return max(0, math.ceil((amount - self.level) / self.rate * 1000))
 
   def headers(self, kind: str) -> dict[str, str]:
     reset = (self.capacity - self.level) / self.rate
@@ -363,12 +368,16 @@ class Handler(BaseHTTPRequestHandler):
     raw = self._body()
     if not self._authorized():
       return
-    if self.path == "/v1/chat/completions":
-      return self._chat(json.loads(raw))
     if self.path == "/v1/files":
       return self._upload(raw)
+    try:
+      body = json.loads(raw)
+    except ValueError:   # e.g. a client killed while sending
+      return self._error(400, "body is not JSON")
+    if self.path == "/v1/chat/completions":
+      return self._chat(body)
     if self.path == "/v1/batches":
-      return self._create_batch(json.loads(raw))
+      return self._create_batch(body)
     self._error(404, f"no route {self.path}")
 
   def _chat(self, body: dict[str, Any]) -> None:
@@ -391,7 +400,8 @@ class Handler(BaseHTTPRequestHandler):
     if cfg.latency:
       state.stop.wait(cfg.latency)
     if fault == "limited":
-      return self._error(429, "Rate limit reached for requests", {**limits, "retry-after": "1"})
+      wait_ms = max(bucket.wait_ms(1.0) for bucket in state.buckets.values())
+      return self._error(429, "Rate limit reached for requests", {**limits, "retry-after-ms": str(wait_ms)})
     if fault == "429":
       headers = {"Retry-After": cfg.retry_after}
       if cfg.retry_after_ms is not None:

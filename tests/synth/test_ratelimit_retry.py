@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from mathjax_sft.synth import retry
-from mathjax_sft.synth.ratelimit import RateLimiter, TokenBucket
+from mathjax_sft.synth.ratelimit import RateLimiter, TokenBucket, parse_duration
 from mathjax_sft.synth.redact import Redactor
 
 
@@ -140,3 +140,69 @@ def test_redactor():
   text = r(f"Error: Incorrect API key {key}; header Authorization: Bearer {key}; other sk-proj-XYZ1234567")
   assert key not in text and "sk-proj-XYZ1234567" not in text and text.count("[REDACTED]") == 3
   assert r("ab cab task-force") == "ab cab task-force"     # short secrets and ordinary words untouched
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("6m0s", 360.0), ("1s", 1.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5", 0.5), ("", None),
+    ("soon", None), ("5x", None), (None, None),
+])
+def test_parse_duration(text, seconds):
+  assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_limiter_follows_the_server_headers_and_caps_them():
+  clock = FakeClock()
+  limiter = RateLimiter(None, None, burst_seconds=6, clock=clock, sleep=clock.sleep)
+  assert limiter.requests.rate == pytest.approx(500 / 60)          # the defaults until told
+  assert limiter.tokens.rate == pytest.approx(300_000 / 60)
+
+  async def one(tokens: float):
+    return await limiter.acquire(tokens)
+
+  ticket = asyncio.run(one(100))
+  asyncio.run(one(100))            # a second request left before the first one's reply came
+  limiter.observe({"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "3",
+                   "x-ratelimit-reset-requests": "1s", "x-ratelimit-limit-tokens": "6000",
+                   "x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "6m0s"}, ticket)
+  assert limiter.requests.rate == pytest.approx(2.0) and limiter.requests.capacity == pytest.approx(12)
+  assert limiter.tokens.rate == pytest.approx(100.0) and limiter.tokens.capacity == pytest.approx(600)
+  assert limiter.requests.level() == pytest.approx(2)     # 3 remaining, less the one sent since
+  assert limiter.server_limits == {"requests": 120, "tokens": 6000}
+  asyncio.run(one(10)); asyncio.run(one(10))
+  assert clock.now == 0.0
+  asyncio.run(one(10))                                    # the server's window is empty: wait
+  assert clock.now == pytest.approx(0.5)
+  # A configured rate caps what the server allows; 0 ignores the server.
+  capped = RateLimiter(60, 0, clock=clock, sleep=clock.sleep)
+  capped.observe({"x-ratelimit-limit-requests": "120", "x-ratelimit-limit-tokens": "6000"},
+                 asyncio.run(capped.acquire(1)))
+  assert capped.requests.rate == pytest.approx(1.0) and capped.tokens.unlimited
+  # Exhausted with a reset: nothing starts before the next request comes back.
+  empty = RateLimiter(None, None, clock=clock, sleep=clock.sleep)
+  start = clock.now
+  empty.observe({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+                 "x-ratelimit-reset-requests": "20ms"}, asyncio.run(empty.acquire(1)))
+  asyncio.run(empty.acquire(1))
+  assert clock.now - start >= 0.02 - 1e-9
+
+
+def test_run_without_rate_flags_paces_to_the_server_headers(tmp_path, gsm8k_input, fake_server):
+  """The server allows 2400 requests a minute in bursts of 5 and answers 429 beyond; it says so
+  in x-ratelimit headers. With no rate flags the run paces itself to them: only requests sent
+  before the first reply can find the bucket empty. With the client's limits off it runs into
+  the server's limit again and again."""
+  from mathjax_sft.synth.run import run
+  from tests.synth.helpers import PLANTED_KEY, fast_config, read_jsonl
+
+  def one_run(name: str, **limits):
+    server = fake_server(ratelimit_requests=2400, ratelimit_tokens=20_000_000, ratelimit_burst_seconds=0.125)
+    config = fast_config(gsm8k_input(10), tmp_path / name, server.base_url, per_reference=1,
+                         max_concurrency=6, max_attempts=20, **limits)
+    run(config, api_key=PLANTED_KEY)
+    assert len(read_jsonl(tmp_path / name / "rows.jsonl")) == 10
+    return server.state.rate_limited
+
+  paced = one_run("paced", requests_per_minute=None, tokens_per_minute=None)
+  unpaced = one_run("unpaced", requests_per_minute=0, tokens_per_minute=0)
+  assert paced <= 6 - 5          # the opening burst of 6 against a bucket of 5, then none
+  assert unpaced >= 3 * max(paced, 1)
