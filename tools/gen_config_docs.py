@@ -57,6 +57,10 @@ ENTRY_POINTS = [
     ("Train-step benchmark", "tools/bench_train.py",
      "mathjax_sft.train.benchmark:BenchTrainConfig", "--",
      "Tokens per second and MFU of the train step, against torch on the same shapes."),
+    ("Synthesis benchmark", "tools/bench_synth.py",
+     "mathjax_sft.synth.benchmark:BenchSynthConfig", "--",
+     "tools/synthesize.py at scale against a fast loopback server: throughput per tenth of the "
+     "rows, RSS and resume time against rows, and lost / duplicated / torn rows after a SIGKILL."),
     ("Grading benchmark", "tools/bench_grade.py",
      "mathjax_sft.eval.grade_bench:GradeBenchConfig", "--",
      "False and true credit of the grader on perturbed and reference answers."),

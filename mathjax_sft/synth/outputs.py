@@ -78,6 +78,7 @@ class OutputDir:
       self.previous_failures[reason] += 1
     self.usage: UsageTracker | None = None
     self.progress = None  # a tqdm bar, set by the runner when wanted
+    self.read_seconds = 0.0   # how long opening took, set by the runner
     self._rows_commit = GroupCommit(self.rows)
     self._failures_commit = GroupCommit(self.failures)
 

@@ -54,14 +54,17 @@ def build_filters(config: SynthConfig, out: OutputDir, references: list[Referenc
     start = int(saved.get("rows_bytes", 0))
     if start > out.rows.size():
       start = 0
-    log.info("dedup index loaded: %d questions (%d retired); rows from byte %d on are added", len(dedup),
-             retired, start)
+    log.info("dedup index loaded: %d questions (%d retired) in %.2fs; rows from byte %d on are added",
+             len(dedup), retired, time.monotonic() - started, start)
+  added = 0
   for name, question in out.row_questions(start):
     dedup.add(question, name)
+    added += 1
   if config.dedup_against_references:
     for ref in references:
       dedup.add(ref.question, REFERENCE_PREFIX + ref.id)
-  log.info("dedup index ready: %d questions in %.2fs", len(dedup), time.monotonic() - started)
+  log.info("dedup index ready: %d questions (%d rows read from rows.jsonl) in %.2fs", len(dedup), added,
+           time.monotonic() - started)
   decontam = None
   if config.decontam_files:
     decontam = Decontaminator(config.decontam_ngram, config.decontam_jaccard_ngram,
@@ -83,8 +86,10 @@ def run(config: SynthConfig, api_key: str | None = None) -> dict[str, Any]:
   redactor = Redactor([api_key])
   fmt = get_format(config.dataset_format)
   references = load_references(config.input_path, config.dataset_format, config.limit_references)
+  started = time.monotonic()
   out = OutputDir(config.output_dir, fmt.question_field, fsync=config.fsync,
                   retry_rejected=config.retry_rejected)
+  out.read_seconds = time.monotonic() - started
   try:
     with run_logging(out.path, redactor):
       return asyncio.run(_run(config, out, references, api_key, redactor))
@@ -117,6 +122,8 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
            "(%d of them failed for a transient reason before)", len(references),
            config.per_reference, total, total - pending_count, out.previous_rows,
            sum(out.previous_failures.values()), pending_count, retrying)
+  log.info("output directory read: %d rows, %d failures in %.2fs", out.previous_rows,
+           sum(out.previous_failures.values()), out.read_seconds)
   if out.rows.torn_bytes_removed or out.failures.torn_bytes_removed:
     log.warning("repaired torn last lines: rows.jsonl %d bytes, failures.jsonl %d bytes",
                 out.rows.torn_bytes_removed, out.failures.torn_bytes_removed)
