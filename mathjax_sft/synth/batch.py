@@ -1,11 +1,13 @@
 """OpenAI Batch API helper: upload a JSONL of chat requests, create the batch, poll it, download
 its output and error files; with a small state file so that a crash never submits a batch twice.
 
-State (`batch/state.json`, rewritten atomically) records each batch by name before anything is
-sent: its step and local input file (`batch/inputs/<name>.jsonl`), then the uploaded
-`input_file_id`, then the `batch_id`, then `consumed`. After a crash, a batch with an id is polled
-again instead of resubmitted; one with an uploaded file but no id is looked up by its input file
-in the batch list (it may have been created just before the crash) and created only if absent.
+State (`batch/state.jsonl`, an append-only log) records each batch by name before anything is
+sent: its step, local input file (`batch/inputs/<name>.jsonl`) and estimated prompt tokens, then
+the uploaded `input_file_id`, then the `batch_id`, then `consumed`. After a crash, a batch with an
+id is polled again instead of resubmitted; one with an uploaded file but no id is looked up by its
+input file in the batch list (it may have been created just before the crash) and created only if
+absent. A batch the API refused (failed validation) is never taken for one in flight; its id is
+kept under `refused`, and the same uploaded file can be submitted again.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import dataclasses
 import io
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import openai
 
+from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth import retry
 from mathjax_sft.synth.client import ChatResult, FatalAPIError, JsonView, RequestFailed, read_completion
 from mathjax_sft.synth.redact import Redactor
@@ -33,27 +35,23 @@ ENDPOINT = "/v1/chat/completions"
 
 
 class BatchState:
-  """The batches of this output directory, persisted in a JSON file."""
+  """The batches of this output directory: an append-only log of updates (one JSON line each,
+  replayed when opened), so that thousands of batches cost one short write per change."""
 
   def __init__(self, path: Path):
     self.path = Path(path)
     self.batches: dict[str, dict[str, Any]] = {}
-    if self.path.exists():
-      data = json.loads(self.path.read_text(encoding="utf-8"))
-      self.batches = data.get("batches", {})
-
-  def save(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"batches": self.batches}, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    self._store = JsonlStore(self.path)
+    for record in self._store:
+      self.batches.setdefault(record["name"], {}).update(record["fields"])
 
   def update(self, name: str, **fields: Any) -> None:
     self.batches.setdefault(name, {}).update(fields)
-    self.save()
+    self._store.append({"name": name, "fields": fields})
+
+  def close(self) -> None:
+    self._store.close()
 
   def unconsumed(self) -> list[str]:
     return [name for name, b in self.batches.items() if not b.get("consumed")]
@@ -119,7 +117,7 @@ class BatchClient:
       file_id = uploaded.id
       self.state.update(name, input_file_id=file_id)
     else:
-      existing = await self._find_by_input_file(file_id)
+      existing = await self._find_by_input_file(file_id, set(entry.get("refused", ())))
       if existing is not None:
         self.state.update(name, batch_id=existing)
         return existing
@@ -130,10 +128,10 @@ class BatchClient:
     log.info("batch %s submitted as %s (step %s)", name, batch.id, step)
     return batch.id
 
-  async def _find_by_input_file(self, file_id: str) -> str | None:
+  async def _find_by_input_file(self, file_id: str, skip: set[str]) -> str | None:
     page = await self._call("list batches", lambda: self._client.batches.list(limit=100))
     async for batch in page:
-      if batch.input_file_id == file_id:
+      if batch.input_file_id == file_id and batch.id not in skip and batch.status != "failed":
         return batch.id
     return None
 

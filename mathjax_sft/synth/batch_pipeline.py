@@ -1,12 +1,19 @@
 """Batch mode: the three steps as three waves of OpenAI Batch API jobs (half price, up to 24 h).
 
-For each step, the rows that need it are written into batch input files (at most
-`batch_max_requests` requests each), submitted, polled and downloaded; each outcome is appended to
-`batch/steps.jsonl` (a parsed step output, or an error) before the next wave. A request that errored
-or gave an unusable reply is resubmitted in a later wave with a new seed, up to `batch_max_rounds`
-attempts per step, then the row fails with the last reason. Filters run in row order just before
-the answer wave. Everything is resumable: batches in flight are re-attached (never resubmitted),
-step outputs already downloaded are not requested again, finished rows are skipped.
+For each step, the rows that need it are written into batch input files that stay within the
+API's limits (`batch_max_requests` requests, `batch_max_bytes` bytes, and `batch_max_enqueued_tokens`
+estimated prompt tokens), which are submitted as the queue allows: the prompt tokens of the
+batches submitted and not yet finished never exceed `batch_max_enqueued_tokens` (the model's
+enqueued-token limit), so a step of a million rows goes out as many files, each submitted when
+earlier ones finish. A batch the API refuses for that limit anyway (`token_limit_exceeded`) is
+submitted again, from the same uploaded file, once another batch has finished.
+
+Each outcome is appended to `batch/steps.jsonl` (a parsed step output, or an error) and is
+durable before its batch is marked consumed. A request that errored or gave an unusable reply is
+resubmitted in a later wave with a new seed, up to `batch_max_rounds` attempts per step, then the
+row fails with the last reason. Filters run in row order just before the answer wave.
+Everything is resumable: batches in flight are re-attached (never resubmitted), step outputs
+already downloaded are not requested again, finished rows are skipped.
 """
 
 from __future__ import annotations
@@ -19,21 +26,33 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft.group_commit import GroupCommit
+from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth import steps
 from mathjax_sft.synth.batch import BatchClient, BatchItem
-from mathjax_sft.synth.client import RequestFailed
+from mathjax_sft.synth.client import RequestFailed, estimate_tokens
 from mathjax_sft.synth.config import SynthConfig
 from mathjax_sft.synth.filters import QuestionFilters
 from mathjax_sft.synth.formats import DatasetFormat
 from mathjax_sft.synth.outputs import OutputDir
 from mathjax_sft.synth.replies import ReplyError, Verdict, parse_new_question
-from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth.usage import UsageTracker, progress_line
 
 log = logging.getLogger(__name__)
 STEPS_NAME = "steps.jsonl"
-STATE_NAME = "state.json"
+STATE_NAME = "state.jsonl"
 _SEED_STRIDE = 1000003
+_REFUSED_FOR_CAP = "refused_for_cap"
+CAP_ERROR = "token_limit_exceeded"
+
+
+def _refused_for_cap(batch: Any) -> bool:
+  """Whether a finished batch failed validation for the enqueued-token limit."""
+  if batch.status != "failed":
+    return False
+  errors = getattr(batch, "errors", None)
+  data = getattr(errors, "data", None) or []
+  return any(getattr(e, "code", None) == CAP_ERROR for e in data)
 
 
 class BatchPipeline:
@@ -47,6 +66,7 @@ class BatchPipeline:
     self.filters = filters
     self.out = out
     self.usage = usage
+    (out.path / "batch").mkdir(parents=True, exist_ok=True)
     self.store = JsonlStore(out.path / "batch" / STEPS_NAME, fsync=config.fsync)
     # (row, step) -> the parsed fields of a step output; the raw reply stays on disk ("offset").
     self.ok: dict[tuple[str, str], dict[str, Any]] = {}
@@ -56,6 +76,7 @@ class BatchPipeline:
       self._remember(record, offset)
     self.tasks: dict[str, steps.RowTask] = {}
     self.passed_filters: set[str] = set()
+    self._commit = GroupCommit(self.store)
 
   def _remember(self, record: dict[str, Any], offset: int) -> None:
     key = (record["id"], record["step"])
@@ -68,7 +89,13 @@ class BatchPipeline:
       self.row_usage[record["id"]][name] += record.get("usage", {}).get(name, 0)
 
   def _append(self, record: dict[str, Any]) -> None:
-    self._remember(record, self.store.append(record))
+    """Queues `record` on steps.jsonl (durable after `_drain`)."""
+    offset, _ = self._commit.submit(record)
+    self._remember(record, offset)
+
+  async def _drain(self) -> None:
+    await self._commit.drain()
+    await self.out.drain()
 
   async def run(self, tasks: list[steps.RowTask]) -> None:
     """Processes every task (the pending ones; finished ones are skipped)."""
@@ -76,38 +103,94 @@ class BatchPipeline:
     try:
       await self._run_steps()
     finally:
-      self.store.close()
+      self._commit.close()
 
   async def _run_steps(self) -> None:
+    left = []
     for name in self.batches.state.unconsumed():
       entry = self.batches.state.batches[name]
       if entry.get("batch_id") or entry.get("input_file_id"):
         log.info("re-attaching batch %s left by a previous run", name)
-        await self._finish(name)
+        left.append(name)
       else:
         self.batches.state.update(name, consumed=True, abandoned=True)  # never uploaded
+    if left:
+      await self._submit_all(left, [])
     for step in steps.STEPS_IN_ORDER:
       if step == steps.ANSWER:
         self._filter_stage()
       while todo := self._todo(step):
-        names = []
-        for start in range(0, len(todo), self.config.batch_max_requests):
-          chunk = todo[start:start + self.config.batch_max_requests]
-          name = self.batches.state.next_name(step)
-          path = self._write_input(name, [self._request_line(task, step) for task in chunk])
-          try:
-            await self.batches.submit(name, step, path)
-          except RequestFailed as failed:
-            log.error("could not submit batch %s: %s", name, failed.detail)
-            self.batches.state.update(name, consumed=True, abandoned=True)
-            for task in chunk:
-              self._append({"id": task.id, "step": step, "error": failed.reason, "detail": failed.detail})
-            continue
-          names.append(name)
-        await asyncio.gather(*(self._finish(name) for name in names))
+        await self._submit_all([], self._files(step, todo))
         written = self.usage.flush(interval=self.config.usage_flush_interval)
         if written is not None:
           log.info("progress: %s", progress_line(written["runs"][-1]))
+
+  def _files(self, step: str, todo: list[steps.RowTask]) -> list[tuple[str, list[dict[str, Any]], int]]:
+    """The request lines of `todo`, cut into files within the request, byte and enqueued-token
+    limits: (step, lines, estimated prompt tokens) each. A request over a limit on its own goes
+    alone (the API then refuses it, and the row fails after its rounds)."""
+    cfg = self.config
+    files, lines, size, tokens = [], [], 0, 0
+    for task in todo:
+      line = self._request_line(task, step)
+      line_size = len(json.dumps(line, ensure_ascii=False).encode("utf-8")) + 1
+      line_tokens = estimate_tokens(line["body"]["messages"], 0)
+      if lines and (len(lines) >= cfg.batch_max_requests or size + line_size > cfg.batch_max_bytes
+                    or tokens + line_tokens > cfg.batch_max_enqueued_tokens):
+        files.append((step, lines, tokens))
+        lines, size, tokens = [], 0, 0
+      lines.append(line)
+      size += line_size
+      tokens += line_tokens
+    if lines:
+      files.append((step, lines, tokens))
+    return files
+
+  async def _submit_all(self, attached: list[str], files: list[tuple[str, list[dict[str, Any]], int]]) -> None:
+    """Runs batches until all are consumed: `attached` (already in the state, e.g. left by a
+    killed run) and new `files`, each written and submitted when its tokens fit under the
+    enqueued-token limit beside the batches in flight (or when none is in flight). A batch refused
+    for that limit waits for another to finish and goes again."""
+    cap = self.config.batch_max_enqueued_tokens
+    state = self.batches.state
+    waiting = collections.deque(attached)        # names in the state, not in flight
+    new = collections.deque(files)
+    running: dict[asyncio.Task, str] = {}
+    enqueued = 0
+
+    def tokens_of(name: str) -> int:
+      return int(state.batches[name].get("tokens", 0))
+
+    def start(name: str) -> None:
+      nonlocal enqueued
+      enqueued += tokens_of(name)
+      running[asyncio.create_task(self._finish(name))] = name
+
+    for name in list(waiting):                   # already submitted: in flight whatever the cap
+      if state.batches[name].get("batch_id"):
+        waiting.remove(name)
+        start(name)
+    while waiting or new or running:
+      while waiting and (not running or enqueued + tokens_of(waiting[0]) <= cap):
+        start(waiting.popleft())
+      while not waiting and new and (not running or enqueued + new[0][2] <= cap):
+        step, lines, tokens = new.popleft()
+        name = state.next_name(step)
+        path = self._write_input(name, lines)
+        state.update(name, step=step, input_path=str(path), tokens=tokens)
+        start(name)
+      if not running:
+        continue
+      done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+      refused = []
+      for task in done:
+        name = running.pop(task)
+        enqueued -= tokens_of(name)
+        if task.result() == _REFUSED_FOR_CAP:
+          refused.append(name)
+      if refused and not running:              # the queue is held by something else: wait a poll
+        await asyncio.sleep(self.config.batch_poll_interval)
+      waiting.extend(refused)
 
   def _write_input(self, name: str, lines: list[dict[str, Any]]) -> Path:
     """The batch input file, kept under batch/inputs/ (written atomically)."""
@@ -171,27 +254,34 @@ class BatchPipeline:
     return {"custom_id": f"{step}:{task.id}", "method": "POST", "url": "/v1/chat/completions", "body": body}
 
   # -- what came back ----------------------------------------------------------------------------
-  async def _finish(self, name: str) -> None:
-    """Waits for batch `name`, records every outcome, and marks it consumed. A request the batch
-    did not answer (failed / expired / cancelled batch) is recorded as error `batch_<status>`."""
+  async def _finish(self, name: str) -> str:
+    """Submits batch `name` (unless it is in flight), waits for it, records every outcome and
+    marks it consumed; returns "consumed", or `_REFUSED_FOR_CAP` when the API refused it for the
+    enqueued-token limit (it is then ready to be submitted again). A request the batch did not
+    answer (failed / expired / cancelled batch) is recorded as error `batch_<status>`."""
     entry = self.batches.state.batches[name]
     try:
       batch_id = await self.batches.submit(name, entry["step"], Path(entry.get("input_path", "")))
       batch = await self.batches.wait(batch_id)
+      if _refused_for_cap(batch):
+        log.info("batch %s (%s) refused for the enqueued-token limit; it goes again later", name, batch_id)
+        self.batches.state.update(name, batch_id=None, refused=entry.get("refused", []) + [batch_id])
+        return _REFUSED_FOR_CAP
       items = await self.batches.results(batch)
     except (RequestFailed, OSError) as failed:
       detail = failed.detail if isinstance(failed, RequestFailed) else f"{type(failed).__name__}"
       log.error("batch %s lost (%s); its requests will be resubmitted", name, detail)
       self._unanswered(entry, {}, "batch_lost", detail)
-      await self.out.drain()
+      await self._drain()
       self.batches.state.update(name, consumed=True, abandoned=True)
-      return
+      return "consumed"
     log.info("batch %s (%s): %s, %d results", name, batch_id, batch.status, len(items))
     for item in items.values():
       self._consume(item)
     self._unanswered(entry, items, f"batch_{batch.status}", f"no result in batch {batch_id}")
-    await self.out.drain()
+    await self._drain()
     self.batches.state.update(name, consumed=True, status=batch.status)
+    return "consumed"
 
   def _unanswered(self, entry: dict[str, Any], items: dict[str, BatchItem], reason: str, detail: str) -> None:
     path = Path(entry.get("input_path", ""))
@@ -230,7 +320,7 @@ class BatchPipeline:
       else:
         answer = steps.answer_parser(self.fmt)(res.content)
         self._append({**base, "content": res.content, "answer": answer})
-        self._write_row(task, res.model)
+        self._write_row(task, res.model, res.content, answer)
     except ReplyError as bad:
       self.usage.bad_replies[bad.reason] += 1
       self._append({**base, "error": bad.reason, "detail": f"{step}: {bad.detail}"})
@@ -246,17 +336,18 @@ class BatchPipeline:
       else:
         self.passed_filters.add(task.id)
 
-  def _write_row(self, task: steps.RowTask, model: str | None) -> None:
+  def _write_row(self, task: steps.RowTask, model: str | None, content: str | None, answer: str) -> None:
+    """The row of `task`, whose answer (`content`, parsed as `answer`) just came back; the
+    earlier steps' replies are read back from steps.jsonl (durable since their wave)."""
     q1 = self.ok[(task.id, steps.NEW_QUESTION)]
     v = self.ok[(task.id, steps.VERIFY)]
-    a = self.ok[(task.id, steps.ANSWER)]
     verdict = Verdict(True, v.get("reason", ""), v["question"], "", bool(v.get("refined")))
-    stored = {step: self.store.read_at(rec["offset"])
-              for step, rec in ((steps.NEW_QUESTION, q1), (steps.VERIFY, v), (steps.ANSWER, a))}
-    raw = {step: record.get("content") for step, record in stored.items()}
+    raw = {step: self.store.read_at(rec["offset"]).get("content")
+           for step, rec in ((steps.NEW_QUESTION, q1), (steps.VERIFY, v))}
+    raw[steps.ANSWER] = content
     self.filters.dedup.add(v["question"], task.id)   # no-op unless it came from a re-attached batch
     self.out.queue_row(steps.row_record(
-        self.fmt, task, question=v["question"], verdict=verdict, answer=stored[steps.ANSWER]["answer"], raw=raw,
+        self.fmt, task, question=v["question"], verdict=verdict, answer=answer, raw=raw,
         model=model or q1.get("model") or self.config.model, usage=dict(self.row_usage[task.id])))
 
   def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str) -> None:

@@ -100,6 +100,12 @@ class SynthConfig:
   # Batch mode.
   batch_poll_interval: float = setting(30.0, "Batch mode: seconds between polls.")
   batch_max_requests: int = setting(50_000, "Batch mode: requests per batch file (API limit 50000).")
+  batch_max_bytes: int = setting(200_000_000, "Batch mode: bytes per batch file (API limit 200 MB).")
+  batch_max_enqueued_tokens: int = setting(90_000, "Batch mode: most estimated prompt tokens in "
+                                           "batches submitted and not finished: the model's "
+                                           "enqueued-token limit at your tier (90000: GPT-4 at "
+                                           "tier 1). A step goes out as many files, each "
+                                           "submitted when it fits.")
   batch_max_rounds: int = setting(3, "Batch mode: attempts per step for a row whose request "
                                   "errored or whose reply was unusable.")
   batch_completion_window: str = setting("24h", "Batch mode: completion window sent to the API.")
@@ -121,7 +127,8 @@ class SynthConfig:
     if not self.model:
       raise ValueError("model must be set")
     positive = ("per_reference", "max_concurrency", "max_attempts", "dedup_ngram", "decontam_ngram",
-                "decontam_jaccard_ngram", "batch_max_requests", "batch_max_rounds")
+                "decontam_jaccard_ngram", "batch_max_requests", "batch_max_rounds", "batch_max_bytes",
+                "batch_max_enqueued_tokens")
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -146,6 +146,7 @@ class FakeState:
     self.rate_limited = 0               # 429s sent because a bucket was empty
     self.batch_rejections: dict[str, int] = {}   # validation failures by code
     self.max_enqueued_tokens = 0        # most prompt tokens ever in unfinished batches
+    self.max_attempted_tokens = 0       # the same, counting the batch being created (refused or not)
     self.max_batch_lines = 0
     self.max_batch_bytes = 0
 
@@ -344,6 +345,7 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, {"counts": dict(state.counts), "requests": state.chat_requests,
                                 "rate_limited": state.rate_limited, "batch_rejections": dict(state.batch_rejections),
                                 "max_enqueued_tokens": state.max_enqueued_tokens,
+                                "max_attempted_tokens": state.max_attempted_tokens,
                                 "max_batch_lines": state.max_batch_lines, "max_batch_bytes": state.max_batch_bytes})
     if not self._authorized():
       return
@@ -466,6 +468,7 @@ class Handler(BaseHTTPRequestHandler):
       data = state.files[body["input_file_id"]]["data"]
       lines = [json.loads(line) for line in data.splitlines() if line.strip()]
       tokens = sum(prompt_tokens(line.get("body") or {}) for line in lines)
+      state.max_attempted_tokens = max(state.max_attempted_tokens, self._enqueued() + tokens)
       error = self._validate(len(lines), len(data), tokens)
       if error is not None:
         state.batch_rejections[error[0]] = state.batch_rejections.get(error[0], 0) + 1

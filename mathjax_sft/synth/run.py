@@ -154,7 +154,10 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str,
       state = BatchState(out.path / "batch" / STATE_NAME)
       batches = BatchClient(client, policy, redactor, state, poll_interval=config.batch_poll_interval,
                             completion_window=config.batch_completion_window)
-      await BatchPipeline(config, fmt, batches, filters, out, usage).run(list(pending))
+      try:
+        await BatchPipeline(config, fmt, batches, filters, out, usage).run(list(pending))
+      finally:
+        state.close()
     usage.finished = True
   finally:
     await out.drain()

@@ -3,11 +3,13 @@ crash/resume without submitting a batch twice."""
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
 
 from mathjax_sft.synth import batch as batch_module
+from mathjax_sft.synth.batch_pipeline import STATE_NAME
 from mathjax_sft.synth.formats import check_gsm8k_answer
 from mathjax_sft.synth.references import load_references
 from mathjax_sft.synth.run import run
@@ -40,7 +42,7 @@ def test_batch_mode_happy_path_with_line_faults(tmp_path, gsm8k_input, fake_serv
   assert summary["mode"] == "batch" and summary["request_errors"]      # faults happened and were resubmitted
   assert summary["estimated_cost_usd"] == pytest.approx(
       0.5 * (summary["prompt_tokens"] * 10 + summary["completion_tokens"] * 30) / 1e6, abs=1e-6)
-  state = json.loads((out / "batch" / "state.json").read_text())["batches"]
+  state = batch_module.BatchState(out / "batch" / STATE_NAME).batches
   assert server.state.counts["batches.create"] == len(state) >= 9      # 10 rows / 4 per file, 3 steps
   assert all(b["consumed"] and b["status"] == "completed" for b in state.values())
   assert sum(r["usage"]["requests"] for r in rows) >= 30
@@ -89,9 +91,59 @@ def test_crash_then_resume_never_submits_a_batch_twice(tmp_path, gsm8k_input, fa
       run(config, api_key=PLANTED_KEY)
   assert server.state.counts["batches.create"] == 1 and outcomes(out) == []
   run(config, api_key=PLANTED_KEY)
-  state = json.loads((out / "batch" / "state.json").read_text())["batches"]
+  state = batch_module.BatchState(out / "batch" / STATE_NAME).batches
   assert server.state.counts["batches.create"] == len(state) == 3     # the first batch was re-attached
   assert server.state.counts["files.create"] == 3
   first = state["00000-new_question"]
   assert first["batch_id"] == next(iter(server.state.batches))
   assert outcomes(out) == expected(config) and len(read_jsonl(out / "rows.jsonl")) == 8
+
+
+def test_batch_at_scale_many_files_within_the_limits_and_a_kill(tmp_path, gsm8k_input, fake_server, monkeypatch):
+  """Each step of 60 rows goes out as many files within small byte and request limits, with at
+  most two files' worth of prompt tokens enqueued at once. The fake enforces the limits; its own
+  token limit is lower than ours, so it refuses some batches, which go again. The run is killed
+  after a few batches and resumed: every row is written once, no batch ran twice."""
+  from mathjax_sft.synth.client import estimate_tokens
+  from mathjax_sft.synth.formats import GSM8K
+  from mathjax_sft.synth.prompts import new_question_messages
+  from mathjax_sft.synth.references import load_references
+
+  path = gsm8k_input(30)
+  reference = load_references(path, "gsm8k")[0]
+  request_tokens = estimate_tokens(new_question_messages(GSM8K, reference, 0), 0)
+  line_bytes = len(json.dumps({"custom_id": "new_question:" + "x" * 20, "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"model": "gpt-4-turbo", "messages": new_question_messages(GSM8K, reference, 0),
+                                        "temperature": 0.7, "max_tokens": 512, "seed": 123456789}}))
+  limits = dict(batch_max_requests=3, batch_max_bytes=4 * line_bytes)
+  server = fake_server(batch_enqueued_tokens=int(6 * request_tokens), **limits)
+  out = tmp_path / "out"
+  config = fast_config(path, out, server.base_url, mode="batch", per_reference=2,
+                       batch_max_enqueued_tokens=int(7 * request_tokens), **limits)
+  waits = {"n": 0}
+  original_wait = batch_module.BatchClient.wait
+
+  async def crashing_wait(self, batch_id):
+    waits["n"] += 1
+    if waits["n"] == 12:
+      raise Crash()
+    return await original_wait(self, batch_id)
+
+  with monkeypatch.context() as m:
+    m.setattr(batch_module.BatchClient, "wait", crashing_wait)
+    with pytest.raises(Crash):
+      run(config, api_key=PLANTED_KEY)
+  assert 0 < len(outcomes(out)) < 60 or outcomes(out) == []
+  run(config, api_key=PLANTED_KEY)
+  rows = read_jsonl(out / "rows.jsonl")
+  assert outcomes(out) == expected(config) and len(rows) == 60 and len({r["id"] for r in rows}) == 60
+  stats = server.state
+  assert stats.max_batch_lines <= 3 and stats.max_batch_bytes <= 4 * line_bytes
+  assert set(stats.batch_rejections) == {"token_limit_exceeded"}          # refused for the cap only...
+  assert stats.max_attempted_tokens <= 7 * request_tokens                  # ...never above ours
+  state = batch_module.BatchState(out / "batch" / STATE_NAME).batches
+  assert len(state) >= 3 * 60 / 3 and all(b.get("consumed") for b in state.values())
+  assert sum(len(b.get("refused", [])) for b in state.values()) == sum(stats.batch_rejections.values())
+  accepted = collections.Counter(b["obj"]["metadata"]["synth_name"] for b in stats.batches.values()
+                                 if b["obj"]["status"] != "failed")
+  assert set(accepted) == set(state) and max(accepted.values()) == 1       # no batch ran twice
