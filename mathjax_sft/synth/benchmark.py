@@ -261,6 +261,8 @@ def _resume_parts(out: Path, start: int) -> dict[str, float]:
     f.seek(start)
     text = f.read()
   read, loaded, ready = _OUTPUT_READ.search(text), _INDEX_LOADED.search(text), _INDEX_READY.search(text)
+  if read is None or ready is None:   # a tool that does not log them (an older checkout)
+    return {}
   parts = {"records": int(read.group(1)) + int(read.group(2)), "output_read_s": float(read.group(3)),
            "index_questions_loaded": int(loaded.group(1)) if loaded else 0,
            "index_load_s": float(loaded.group(2)) if loaded else 0.0,
@@ -337,10 +339,12 @@ def _run(c: BenchSynthConfig, input_path: Path, out: Path, server: _Server, refe
   # Resume = a fixed start (imports, references, decontamination index, client), reading the
   # row ids and loading the saved dedup index (both grow with the rows: extrapolated per row),
   # and indexing the rows written after the last save (bounded by the save interval: kept).
-  per_record = probe_parts["output_read_s"] / max(probe_parts["records"], 1)
-  per_question = probe_parts["index_load_s"] / max(probe_parts["index_questions_loaded"], 1)
-  fixed = resume_full_s - probe_parts["output_read_s"] - probe_parts["index_load_s"]
-  resume_at_1m = fixed + (per_record + per_question) * _MILLION
+  per_record = per_question = resume_at_1m = None
+  if probe_parts:
+    per_record = probe_parts["output_read_s"] / max(probe_parts["records"], 1)
+    per_question = probe_parts["index_load_s"] / max(probe_parts["index_questions_loaded"], 1)
+    fixed = resume_full_s - probe_parts["output_read_s"] - probe_parts["index_load_s"]
+    resume_at_1m = round(fixed + (per_record + per_question) * _MILLION, 1)
   cpu_rows = [(s.rows, s.cpu) for s in run_samples if s.process == 1]
   cpu_fit = _fit(cpu_rows)
   stride = max(1, len(run_samples) // 200)
@@ -366,8 +370,8 @@ def _run(c: BenchSynthConfig, input_path: Path, out: Path, server: _Server, refe
           "parts": resume_parts,
           "all_done_rows": rows_done, "all_done_seconds_to_first_request": round(resume_full_s, 2),
           "all_done_parts": probe_parts,
-          "row_dependent_us_per_row": round((per_record + per_question) * 1e6, 2),
-          "seconds_at_1m_rows": round(resume_at_1m, 1)},
+          "row_dependent_us_per_row": round((per_record + per_question) * 1e6, 2) if probe_parts else None,
+          "seconds_at_1m_rows": resume_at_1m},
       "integrity": integrity,
       "server": server.stats(),
       "samples": [dataclasses.asdict(s) for s in run_samples[::stride]],
