@@ -11,7 +11,8 @@ _MIN_MERGE = 1 << 15
 
 
 class Column:
-  """A numpy array that grows by doubling; `view` is the filled part (valid until the next append)."""
+  """A numpy array that grows by half its size at a time; `view` is the filled part (valid until
+  the next append)."""
 
   def __init__(self, dtype: np.dtype | type, capacity: int = 1024):
     self._data = np.empty(max(capacity, 16), dtype)
@@ -23,7 +24,7 @@ class Column:
   def _reserve(self, extra: int) -> None:
     need = self.size + extra
     if need > self._data.size:
-      grown = np.empty(max(need, 2 * self._data.size), self._data.dtype)
+      grown = np.empty(max(need, self._data.size + self._data.size // 2), self._data.dtype)
       grown[:self.size] = self._data[:self.size]
       self._data = grown
 
