@@ -114,7 +114,7 @@ class SynthConfig:
   progress: bool = setting(True, "Show a progress bar (rows done, failures, tokens).")
   fsync: bool = setting(True, "fsync every group of output lines before their rows count as "
                         "written (crash-safe; leave on).")
-  dedup_save_interval: float = setting(60.0, "Seconds between saves of the dedup index "
+  dedup_save_interval: float = setting(30.0, "Seconds between saves of the dedup index "
                                        "(output_dir/dedup_index), which a resumed run loads "
                                        "instead of rebuilding it from every row.")
   usage_flush_interval: float = setting(10.0, "Seconds between usage.json snapshots.")
