@@ -24,7 +24,9 @@ Sample j of problem `key` draws its t-th token with the uniform
 `fold_in(fold_in(fold_in(seed, key), j), t)`, and a row's arithmetic does not depend on the
 other rows or prompts, so samples do not depend on the pool size, chunk size or problem order.
 
-Memory: the engine holds one copy of the weights, in its decode layout (per-layer; q/k/v and
+Memory: the decode state is kept in the layout its compiled program takes, and the rows are
+planned from that program's memory before any weight is loaded (`Engine.plan`, `programs`).
+The engine holds one copy of the weights, in its decode layout (per-layer; q/k/v and
 gate/up concatenated when `tensor` is 1, gate/up stacked as [2, embed, mlp] otherwise).
 `prepare_params` builds it one tensor at a time; with `donate=True` each stacked input buffer is
 freed as soon as its slices exist, so the peak is the weights plus one stacked tensor. Under a
@@ -416,11 +418,12 @@ class Engine:
       args = (self.param_specs(), pool, state, queue, kill, scalar(jnp.int32(0)),
               jax.tree.map(scalar, sampler))
       steps = self.ecfg.chunk_steps
-      events = self.on_device(jax.ShapeDtypeStruct(
-          (steps, rows), jnp.int32, sharding=self._sharding((None, "batch"), (steps, rows)))).sharding
+      per_step = self.on_device(jax.ShapeDtypeStruct(
+          (steps, rows), jnp.int32, sharding=self._sharding((None, "batch"), (steps, rows))))
+      events = Events(**{f.name: per_step.sharding for f in dataclasses.fields(Events)})
       self._programs[key] = programs.compile_decode(
           functools.partial(self._decode_fn, steps=steps), args, state_arg=2,
-          other_outputs=(queue.count.sharding, jax.tree.map(lambda _: events, Events(*[0] * 6))))
+          other_outputs=(queue.count.sharding, events))
     return self._programs[key]
 
   def init_state(self, pool_spec: PromptPool, state_spec: DecodeState,

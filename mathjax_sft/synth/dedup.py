@@ -1,7 +1,7 @@
 """Exact and near-duplicate detection over a growing set of questions, at a cost per question that
 does not grow with the index, and an on-disk copy so that a resumed run does not rebuild it.
 
-Decision rule (unchanged): a question is an exact duplicate of an indexed one when their
+Decision rule: a question is an exact duplicate of an indexed one when their
 normalised word sequences are equal (`ngrams.text_key`), and a near-duplicate when the Jaccard
 similarity of their sets of hashed word n-grams (default 3-grams) is at least the threshold
 (default 0.8). Every candidate is scored exactly, and the search has no false negatives: the
@@ -10,7 +10,7 @@ answer is the one a brute-force comparison with every indexed question gives.
 How: prefix filtering. Under any fixed global order of n-grams, two sets with Jaccard >= t share an
 n-gram among the first p(x) = |x| - ceil(t |x|) + 1 of each; each question is indexed under its
 first p n-grams (its posting lists) and a check looks only at the questions listed under its own
-first p. Today's order puts rare n-grams first, so that posting lists stay short: the order is
+first p. The order puts rare n-grams first, so that posting lists stay short: the order is
 (tier, hash), every n-gram starts in tier 0, and an n-gram whose posting list reaches
 `posting_cap * 2**tier` entries moves up one tier (it is "promoted": it is common). A promotion
 only moves one n-gram later in the order, which changes the prefix of exactly the questions whose
