@@ -12,6 +12,7 @@ Devices: `"v5p:4x4x4"` (any topology name libtpu knows: v4, v5e, v5p, v6e) or `"
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -67,15 +68,11 @@ def target(name: str, chips_per_host: Sequence[int] | None = None) -> Target:
   if generation not in TPU_HBM_GIB:
     raise ValueError(f"topology {name!r}: expected '<generation>:<shape>' with generation in "
                      f"{sorted(TPU_HBM_GIB)} (e.g. v5p:4x4x4), or cpu:N")
-  # libtpu describes the slice only (no TPU here): without its start-up noise, and without its
-  # one-process lock (a job on this host may hold it)
-  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     host = {} if not chips_per_host else {"chips_per_host_bounds": tuple(chips_per_host)}
-    topo = topologies.get_topology_desc(topology_name=name, platform="tpu", **host)
+    with _libtpu_describes_only():
+      topo = topologies.get_topology_desc(topology_name=name, platform="tpu", **host)
   except Exception as e:  # libtpu missing or an unknown shape: say which
     raise RuntimeError(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {e}); "
                        "libtpu comes with pip install -e '.[tpu]'") from None
@@ -83,6 +80,27 @@ def target(name: str, chips_per_host: Sequence[int] | None = None) -> Target:
   first = devices[0].process_index
   host = tuple(d for d in devices if d.process_index == first)
   return Target(name, devices, host, TPU_HBM_GIB[generation] * GIB)
+
+
+@contextlib.contextmanager
+def _libtpu_describes_only():
+  """libtpu loaded to describe a slice (no TPU here): without its start-up noise and its
+  one-process lock (a job on this host may hold it). The variables are set only while it loads:
+  left in the environment, they would make this process and its children look like TPU hosts
+  (`jax.distributed.initialize` would look for a TPU cluster)."""
+  settings = {"TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost",
+              "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+  saved = {k: os.environ.get(k) for k in settings}
+  for key, value in settings.items():
+    os.environ.setdefault(key, value)
+  try:
+    yield
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
 
 
 @dataclasses.dataclass

@@ -431,10 +431,13 @@ class Engine:
     """An empty prompt pool and idle rows (all zeros: no row is active, no slot valid) from
     their `specs`, the rows in their decode program's `state_formats`."""
     pool_spec = jax.tree.map(self.on_device, pool_spec)
-    zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
-    make = jax.jit(lambda: (zeros(pool_spec), zeros(state_spec)),
-                   out_shardings=(jax.tree.map(lambda s: s.sharding, pool_spec), state_formats))
-    return make()
+    key = ("init", state_spec.slot.shape[0]) + pool_spec.prefix.valid.shape + pool_spec.first.shape
+    if key not in self._shrinkers:    # one program per pool shape
+      zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+      self._shrinkers[key] = jax.jit(
+          lambda: (zeros(pool_spec), zeros(state_spec)),
+          out_shardings=(jax.tree.map(lambda s: s.sharding, pool_spec), state_formats))
+    return self._shrinkers[key]()
 
   # ---- jitted programs ----------------------------------------------------------------------
   def _prefill_fn(self, params, pool, tokens, length, slot, key, seed, sampler,
