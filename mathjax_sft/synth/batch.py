@@ -151,7 +151,7 @@ class BatchClient:
       return []
     content = await self._call("download batch file", lambda: self._client.files.content(file_id))
     out = []
-    for line_no, line in enumerate(content.text.splitlines(), start=1):
+    for line_no, line in enumerate(content.text.split("\n"), start=1):
       if not line.strip():
         continue
       try:

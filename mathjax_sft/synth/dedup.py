@@ -306,7 +306,8 @@ class DuplicateFilter:
   def _load(self, directory: Path, questions: int) -> None:
     docs = np.fromfile(directory / "docs.i64", np.int64).reshape(-1, 2)
     grams = np.fromfile(directory / "grams.i64", np.int64)
-    lines = (directory / "names.jsonl").read_text(encoding="utf-8").splitlines()
+    text = (directory / "names.jsonl").read_text(encoding="utf-8")
+    lines = [line for line in text.split("\n") if line]   # not splitlines: names may hold U+2028
     self._names = json.loads("[" + ",".join(lines) + "]")
     if not len(docs) == len(self._names) == questions or int(docs[:, 1].sum()) != grams.size:
       raise ValueError(f"{directory}: files disagree with each other; delete it to rebuild")

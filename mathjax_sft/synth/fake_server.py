@@ -466,7 +466,7 @@ class Handler(BaseHTTPRequestHandler):
            "request_counts": {"total": 0, "completed": 0, "failed": 0}}
     with state.lock:
       data = state.files[body["input_file_id"]]["data"]
-      lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+      lines = [json.loads(line) for line in data.split(b"\n") if line.strip()]
       tokens = sum(prompt_tokens(line.get("body") or {}) for line in lines)
       state.max_attempted_tokens = max(state.max_attempted_tokens, self._enqueued() + tokens)
       error = self._validate(len(lines), len(data), tokens)
@@ -511,7 +511,7 @@ class Handler(BaseHTTPRequestHandler):
       forced = state.config.batch_status[b["index"]] if b["index"] < len(state.config.batch_status) else None
       data = state.files[b["obj"]["input_file_id"]]["data"].decode()
     outputs, errors = [], []
-    for line in data.splitlines():
+    for line in data.split("\n"):
       if not line.strip():
         continue
       req = json.loads(line)

@@ -147,3 +147,18 @@ def test_batch_at_scale_many_files_within_the_limits_and_a_kill(tmp_path, gsm8k_
   accepted = collections.Counter(b["obj"]["metadata"]["synth_name"] for b in stats.batches.values()
                                  if b["obj"]["status"] != "failed")
   assert set(accepted) == set(state) and max(accepted.values()) == 1       # no batch ran twice
+
+
+def test_batch_lines_split_on_newlines_only(tmp_path, fake_server):
+  """A reference holding U+2028 (GSM8K train has one) travels inside one JSONL line of a batch
+  file: readers split lines on \\n only, never on Unicode line separators."""
+  from tests.synth.helpers import gsm8k_reference, write_jsonl
+  refs = [gsm8k_reference(i) for i in range(3)]
+  refs[1]["question"] = refs[1]["question"].replace(". ", ".\u2028 ", 1)
+  path = write_jsonl(tmp_path / "refs.jsonl", refs)
+  server = fake_server()
+  out = tmp_path / "out"
+  config = fast_config(path, out, server.base_url, mode="batch", per_reference=2)
+  run(config, api_key=PLANTED_KEY)
+  rows = read_jsonl(out / "rows.jsonl")
+  assert outcomes(out) == expected(config) and len(rows) == 6
