@@ -42,7 +42,7 @@ import logging
 import math
 import time
 import zlib
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -317,7 +317,9 @@ class Engine:
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("num_samples",),
                             donate_argnames=("pool",))
     self._programs: dict[tuple, programs.DecodeProgram] = {}
-    self._shrinkers: dict[tuple, Callable] = {}
+    # jitted programs that make or move the decode state: the empty pool per shape, the tail's
+    # row moves per (rows, new rows) and per cache format
+    self._state_programs: dict[Any, Callable] = {}
     self.stats = EngineStats()
 
   def load(self, params: Weights, donate: bool = False) -> None:
@@ -432,12 +434,12 @@ class Engine:
     their `specs`, the rows in their decode program's `state_formats`."""
     pool_spec = jax.tree.map(self.on_device, pool_spec)
     key = ("init", state_spec.slot.shape[0]) + pool_spec.prefix.valid.shape + pool_spec.first.shape
-    if key not in self._shrinkers:    # one program per pool shape
+    if key not in self._state_programs:    # one program per pool shape
       zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
-      self._shrinkers[key] = jax.jit(
+      self._state_programs[key] = jax.jit(
           lambda: (zeros(pool_spec), zeros(state_spec)),
           out_shardings=(jax.tree.map(lambda s: s.sharding, pool_spec), state_formats))
-    return self._shrinkers[key]()
+    return self._state_programs[key]()
 
   # ---- jitted programs ----------------------------------------------------------------------
   def _prefill_fn(self, params, pool, tokens, length, slot, key, seed, sampler,
@@ -548,7 +550,7 @@ class Engine:
     k, v = move(cache.k, formats.cache.k), move(cache.v, formats.cache.v)
     rest = lambda st: dataclasses.replace(st, cache=dataclasses.replace(st.cache, k=(), v=()))
     key = (state.slot.shape[0], len(order))
-    if key not in self._shrinkers:
+    if key not in self._state_programs:
       self._note_shape(("shrink",) + key)
 
       def shrink(state, order, live):
@@ -561,16 +563,16 @@ class Engine:
                            length=take(state.length), active=take(state.active) & on,
                            pending=take(state.pending) & on)
 
-      self._shrinkers[key] = jax.jit(shrink, out_shardings=rest(formats))
-    small = self._shrinkers[key](rest(state), order_dev, jnp.int32(live))
+      self._state_programs[key] = jax.jit(shrink, out_shardings=rest(formats))
+    small = self._state_programs[key](rest(state), order_dev, jnp.int32(live))
     return dataclasses.replace(small, cache=dataclasses.replace(small.cache, k=k, v=v))
 
   def _mover(self, fmt) -> Callable:
     """Rows `order` of one layer's cache, into `fmt` (a jitted gather per output format)."""
-    if fmt not in self._shrinkers:
-      self._shrinkers[fmt] = jax.jit(lambda x, order: jnp.take(x, order, axis=0),
+    if fmt not in self._state_programs:
+      self._state_programs[fmt] = jax.jit(lambda x, order: jnp.take(x, order, axis=0),
                                      out_shardings=fmt)
-    return self._shrinkers[fmt]
+    return self._state_programs[fmt]
 
   # ---- host side ----------------------------------------------------------------------------
   def _put(self, x, axes):
