@@ -37,6 +37,9 @@ ENTRY_POINTS = [
      "`$OPENAI_API_KEY` when the client is built. `--input` sets `input_path`; "
      "`--decontam_files` defaults to the GSM8K and MATH test sets under the data dir (`none` "
      "turns the check off)."),
+    ("Failed synthesis rows", "tools/inspect_failures.py", "mathjax_sft.synth.failure_report:InspectConfig",
+     "--", "The most common failure reasons of a synthesis output directory, each with one row's "
+     "detail and the teacher's last reply."),
     ("Ahead-of-time check", "tools/aot_check.py", "mathjax_sft.aot_config:AotCheckConfig", "--",
      "Besides these, `--config=configs/*.py` names the train config whose model, batch and mesh "
      "are compiled, with the same `--config.PATH` overrides as `tools/train.py`."),

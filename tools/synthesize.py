@@ -7,8 +7,17 @@ endpoint. The API key is read only from $OPENAI_API_KEY.
 Re-running the same command resumes: finished rows and rows rejected for a quality reason are
 not requested again; rows that failed for a transport reason (rate limit, 5xx, timeout,
 connection) are pending and are asked again.
-Outputs in --output_dir: rows.jsonl, failures.jsonl, usage.json, synth.log (see
-mathjax_sft/synth/outputs.py). This file only parses flags; the work is in mathjax_sft.synth.
+Outputs in --output_dir: rows.jsonl, failures.jsonl (each failed row with its reason and the
+teacher's last reply), usage.json, synth.log (see mathjax_sft/synth/outputs.py).
+`python tools/inspect_failures.py --output_dir=...` shows the most common failure reasons with
+a reply each.
+
+Exit status: 0 rows were written (or nothing was left to do); 1 an unexpected error (traceback);
+2 a mistake in the flags, the input or the environment (one line); 3 the endpoint refused the
+run (wrong key, model or URL) or failed for a transport reason too often: nothing is lost, the
+same command resumes; 4 the run asked rows and wrote none of them (one line names the most
+common failure reason).
+This file only parses flags; the work is in mathjax_sft.synth.
 """
 
 from __future__ import annotations
@@ -48,15 +57,20 @@ def main(argv: list[str]) -> int:
     raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast.
   from mathjax_sft.synth import run as synth_run
+  from mathjax_sft.synth.run import NoRowsWritten
   from mathjax_sft.synth.client import FatalAPIError, MissingKeyError
   from mathjax_sft.synth.outputs import OutputDirBusy
   from mathjax_sft.synth.pipeline import RunAborted
   from mathjax_sft.synth.references import InputError
   from mathjax_sft.jsonl_store import StoreError
 
+  status = 0
   try:
     config = _CONFIG.value(input_path=Path(_INPUT.value), decontam_files=_decontam_files())
     snapshot = synth_run.run(config)
+  except NoRowsWritten as e:
+    snapshot, status = e.snapshot, 4
+    print(f"synthesize: no rows written: {e}", file=sys.stderr)
   except errors.UserError:
     raise   # one line, exit status 2 (cli.run)
   except (ValueError, FileNotFoundError, InputError, MissingKeyError, OutputDirBusy, StoreError) as e:
@@ -73,7 +87,7 @@ def main(argv: list[str]) -> int:
     return 1
   print(json.dumps({"output_files": snapshot["output_files"], "run": snapshot["runs"][-1],
                     "total": snapshot["total"]}, indent=1))
-  return 0
+  return status
 
 
 if __name__ == "__main__":

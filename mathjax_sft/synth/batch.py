@@ -25,7 +25,8 @@ import openai
 
 from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth import retry
-from mathjax_sft.synth.client import ChatResult, FatalAPIError, JsonView, RequestFailed, read_completion
+from mathjax_sft.synth.client import (API_KEY_ENV, ChatResult, FatalAPIError, JsonView, RequestFailed,
+                                      read_completion, refusal)
 from mathjax_sft.synth.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,14 @@ class BatchClient:
   """Batch API calls, each retried under the same policy as chat requests."""
 
   def __init__(self, client: openai.AsyncOpenAI, policy: retry.RetryPolicy, redactor: Redactor,
-               state: BatchState, *, poll_interval: float, completion_window: str = "24h"):
+               state: BatchState, *, poll_interval: float, completion_window: str = "24h",
+               key_source: str = f"${API_KEY_ENV}", model: str = ""):
     self._client = client
     self._policy = policy
-    self._redact = redactor
+    self.redact = redactor
+    self.url = str(client.base_url).rstrip("/")
+    self._key_source = key_source
+    self._model = model
     self.state = state
     self._poll_interval = poll_interval
     self._window = completion_window
@@ -92,9 +97,9 @@ class BatchClient:
         raise
       except Exception as error:
         failure = retry.classify(error)
-        detail = self._redact(f"{what}: {type(error).__name__}: {error}")[:300]
+        detail = self.redact(f"{what}: {self.url}: {retry.describe_error(error)}")[:300]
         if failure == retry.FATAL:
-          raise FatalAPIError(detail) from None
+          raise FatalAPIError(self.redact(refusal(error, self.url, self._key_source, what, self._model))) from None
         if not self._policy.should_retry(failure, attempt):
           raise RequestFailed(failure, detail) from None
         delay = self._policy.delay(attempt, retry.parse_retry_after(retry.error_headers(error)))
@@ -167,7 +172,7 @@ class BatchClient:
     """Outcomes by custom_id from the batch's output and error files."""
     items: dict[str, BatchItem] = {}
     for obj in await self._download(batch.output_file_id) + await self._download(batch.error_file_id):
-      items[obj["custom_id"]] = _item(obj, self._redact)
+      items[obj["custom_id"]] = _item(obj, self.redact)
     return items
 
 

@@ -30,7 +30,7 @@ from mathjax_sft.group_commit import GroupCommit
 from mathjax_sft.jsonl_store import JsonlStore
 from mathjax_sft.synth import steps
 from mathjax_sft.synth.batch import BatchClient, BatchItem
-from mathjax_sft.synth.client import RequestFailed, estimate_tokens
+from mathjax_sft.synth.client import RequestFailed, clip_reply, estimate_tokens
 from mathjax_sft.synth.config import SynthConfig
 from mathjax_sft.synth.filters import QuestionFilters
 from mathjax_sft.synth.formats import DatasetFormat
@@ -81,7 +81,8 @@ class BatchPipeline:
   def _remember(self, record: dict[str, Any], offset: int) -> None:
     key = (record["id"], record["step"])
     if "error" in record:
-      self.errors[key].append({"error": record["error"], "detail": record.get("detail", "")})
+      self.errors[key].append({"error": record["error"], "detail": record.get("detail", ""),
+                               "reply": clip_reply(record.get("content"), self.batches.redact)})
     else:
       self.ok[key] = {k: v for k, v in record.items() if k not in ("content", "answer", "id", "step", "usage")}
       self.ok[key]["offset"] = offset
@@ -232,7 +233,7 @@ class BatchPipeline:
       errors = self.errors.get((task.id, step), [])
       if len(errors) >= self.config.batch_max_rounds:
         last = errors[-1]
-        self._fail(task, step, last["error"], last.get("detail", ""))
+        self._fail(task, step, last["error"], last.get("detail", ""), attempts=len(errors), reply=last["reply"])
         continue
       todo.append(task)
     return todo
@@ -300,7 +301,8 @@ class BatchPipeline:
       return  # not ours, already finished, or a duplicate outcome
     if item.result is None:
       self.usage.record_request(ok=False, failure_class=item.failure)
-      self._append({"id": row_id, "step": step, "error": item.failure, "detail": item.detail})
+      self._append({"id": row_id, "step": step, "error": item.failure, "detail": item.detail,
+                    "usage": {"requests": 1}})
       return
     res = item.result
     self.usage.record_request(ok=True)
@@ -316,14 +318,15 @@ class BatchPipeline:
         self._append({**base, "content": res.content, "valid": verdict.valid, "question": verdict.question,
                       "reason": verdict.reason, "refined": verdict.refined})
         if not verdict.valid:
-          self._fail(task, step, "verify_rejected", verdict.reason)
+          self._fail(task, step, "verify_rejected", verdict.reason,
+                     reply=clip_reply(res.content, self.batches.redact))
       else:
         answer = steps.answer_parser(self.fmt)(res.content)
         self._append({**base, "content": res.content, "answer": answer})
         self._write_row(task, res.model, res.content, answer)
     except ReplyError as bad:
       self.usage.bad_replies[bad.reason] += 1
-      self._append({**base, "error": bad.reason, "detail": f"{step}: {bad.detail}"})
+      self._append({**base, "content": res.content, "error": bad.reason, "detail": f"{step}: {bad.detail}"})
 
   def _filter_stage(self) -> None:
     for task in self.tasks.values():
@@ -350,6 +353,7 @@ class BatchPipeline:
         self.fmt, task, question=v["question"], verdict=verdict, answer=answer, raw=raw,
         model=model or q1.get("model") or self.config.model, usage=dict(self.row_usage[task.id])))
 
-  def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str) -> None:
+  def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str, *, attempts: int = 1,
+            reply: str | None = None) -> None:
     self.out.queue_failure(steps.failure_record(task, step, reason, detail, dict(self.row_usage[task.id]),
-                                                self.config.model))
+                                                self.config.model, attempts=attempts, reply=reply))

@@ -23,6 +23,7 @@ import openai
 
 from mathjax_sft import errors
 from mathjax_sft.synth import retry
+from mathjax_sft.synth.outage import Outage
 from mathjax_sft.synth.ratelimit import RateLimiter
 from mathjax_sft.synth.redact import Redactor
 from mathjax_sft.synth.replies import ReplyError
@@ -30,7 +31,18 @@ from mathjax_sft.synth.usage import UsageTracker
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "OPENAI_API_KEY"
+MAX_REPLY_CHARS = 4000   # of a reply kept in a failure record
 T = TypeVar("T")
+
+
+def clip_reply(content: str | None, redact: Callable[[str], str]) -> str | None:
+  """A reply as a failure record keeps it: redacted, and its head only when it is long."""
+  if content is None:
+    return None
+  text = redact(content)
+  if len(text) <= MAX_REPLY_CHARS:
+    return text
+  return text[:MAX_REPLY_CHARS] + f" [... {len(text) - MAX_REPLY_CHARS} more characters]"
 
 
 class MissingKeyError(errors.UserError, RuntimeError):
@@ -43,14 +55,21 @@ class FatalAPIError(RuntimeError):
 
 
 class RequestFailed(RuntimeError):
-  """A request that failed for good: retries exhausted or not retryable. `reason` is counted."""
+  """A request that failed for good: retries exhausted or not retryable. `reason` is counted;
+  `requests` and the tokens are what the failing step spent (every HTTP attempt), `reply` what
+  the server sent last (the unusable reply, or an error body; redacted), `attempts` how many
+  samples (reply errors) or HTTP attempts (transport errors) were made."""
 
-  def __init__(self, reason: str, detail: str, prompt_tokens: int = 0, completion_tokens: int = 0):
+  def __init__(self, reason: str, detail: str, prompt_tokens: int = 0, completion_tokens: int = 0, *,
+               requests: int = 0, reply: str | None = None, attempts: int = 0):
     super().__init__(f"{reason}: {detail}")
     self.reason = reason
     self.detail = detail
     self.prompt_tokens = prompt_tokens
     self.completion_tokens = completion_tokens
+    self.requests = requests
+    self.reply = reply
+    self.attempts = attempts
 
 
 def api_key_from_env() -> str:
@@ -59,6 +78,18 @@ def api_key_from_env() -> str:
   if not key.strip():
     raise MissingKeyError(f"${API_KEY_ENV} is not set; the API key is read only from that variable")
   return key.strip()
+
+
+def refusal(error: BaseException, url: str, key_source: str, step: str, model: str) -> str:
+  """One line for a reply that refuses the whole run (401/403/404), with the server's own words,
+  the URL, and where the key came from."""
+  status = getattr(error, "status_code", None)
+  said = retry.server_message(error)
+  said = f": {said}" if said else ""
+  if status in (401, 403):
+    return (f"{url} refused the API key from {key_source} ({status}{said}) at step {step}; set the "
+            f"key this server expects, or check --base_url")
+  return f"{url} answered {status}{said} at step {step}; check --model={model} and --base_url"
 
 
 class EndpointUnreachable(errors.UserError):
@@ -104,6 +135,7 @@ class ChatResult:
   completion_tokens: int
   model: str | None
   finish_reason: str | None
+  attempts: int = 1          # HTTP requests it took (failed attempts included)
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
@@ -155,8 +187,12 @@ class ChatClient:
 
   def __init__(self, client: openai.AsyncOpenAI, limiter: RateLimiter, policy: retry.RetryPolicy,
                usage: UsageTracker, redactor: Redactor, timeout: float, *,
-               max_reply_retries: int = 2, rng: random.Random | None = None):
+               max_reply_retries: int = 2, rng: random.Random | None = None,
+               key_source: str = f"${API_KEY_ENV}"):
     self._client = client
+    self.url = str(client.base_url).rstrip("/")
+    self._key_source = key_source
+    self.outage = Outage(self.url, policy.max_attempts)
     self._limiter = limiter
     self._policy = policy
     self._usage = usage
@@ -165,9 +201,14 @@ class ChatClient:
     self._max_reply_retries = max_reply_retries
     self._rng = rng or random.Random()
 
+  def clip(self, reply: str | None) -> str | None:
+    """`clip_reply` with this client's redactor."""
+    return clip_reply(reply, self._redact)
+
   def describe(self, error: BaseException) -> str:
-    """A short, redacted description of an error, safe to log and store."""
-    return self._redact(f"{type(error).__name__}: {error}")[:300]
+    """A short, redacted description of an error (with the server's own message), safe to log
+    and store."""
+    return self._redact(retry.describe_error(error))[:300]
 
   async def complete(self, step: str, messages: list[dict[str, str]], *, model: str,
                      temperature: float, max_tokens: int, seed: int | None) -> ChatResult:
@@ -177,16 +218,19 @@ class ChatClient:
     while True:
       attempt += 1
       ticket = await self._limiter.acquire(estimate)
+      sent_at = self.outage.now()
       kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature,
                                 "max_tokens": max_tokens}
       if seed is not None:
         kwargs["seed"] = seed
+      body_text = None
       try:
         # The body is posted as it is: the typed `chat.completions.create` spends more CPU on
         # transforming its arguments and building reply models than on the HTTP exchange.
         raw = await asyncio.wait_for(self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response),
                                      timeout=self._timeout)
         self._limiter.observe(raw.headers, ticket)
+        body_text = raw.text
         result = read_completion(JsonView.wrap(raw.json()))
       except asyncio.CancelledError:
         raise
@@ -196,12 +240,16 @@ class ChatClient:
         self._limiter.observe(retry.error_headers(error), ticket)
         self._limiter.settle(estimate, 0)
         if failure == retry.FATAL:
-          raise FatalAPIError(f"{step}: the endpoint refused the run ({self.describe(error)})") from None
+          raise FatalAPIError(self._redact(refusal(error, self.url, self._key_source, step, model))) from None
         retry_after = retry.parse_retry_after(retry.error_headers(error))
         if failure == retry.RATE_LIMITED and retry_after:
           self._limiter.pause_for(min(retry_after, self._policy.max_retry_after))
+        if failure in retry.RETRYABLE:
+          self.outage.failed_attempt(failure, self.describe(error))
         if not self._policy.should_retry(failure, attempt):
-          raise RequestFailed(failure, f"{step}: {self.describe(error)} (after {attempt} attempt(s))") from None
+          said = retry.server_message(error, MAX_REPLY_CHARS) or body_text
+          raise RequestFailed(failure, f"{step}: {self.url}: {self.describe(error)} (after {attempt} attempt(s))",
+                              requests=attempt, reply=clip_reply(said, self._redact), attempts=attempt) from None
         delay = self._policy.delay(attempt, retry_after, self._rng)
         self._usage.retries += 1
         log.debug("%s: attempt %d failed (%s); retrying in %.2fs", step, attempt, failure, delay)
@@ -210,7 +258,8 @@ class ChatClient:
       self._usage.record_request(ok=True)
       self._usage.record_tokens(step, result.prompt_tokens, result.completion_tokens)
       self._limiter.settle(estimate, result.prompt_tokens + result.completion_tokens)
-      return result
+      self.outage.succeeded(sent_at)
+      return dataclasses.replace(result, attempts=attempt)
 
   async def complete_parsed(self, step: str, messages: list[dict[str, str]], parse: Callable[[str | None], T],
                             *, model: str, temperature: float, max_tokens: int,
@@ -227,15 +276,17 @@ class ChatClient:
       except RequestFailed as failed:
         failed.prompt_tokens += spent["prompt_tokens"]
         failed.completion_tokens += spent["completion_tokens"]
+        failed.requests += spent["requests"]
         raise
       spent["prompt_tokens"] += result.prompt_tokens
       spent["completion_tokens"] += result.completion_tokens
-      spent["requests"] += 1
+      spent["requests"] += result.attempts
       try:
         return parse(result.content), result, spent
       except ReplyError as bad:
         self._usage.bad_replies[bad.reason] += 1
         if tries > self._max_reply_retries:
           raise RequestFailed(bad.reason, f"{step}: {self._redact(bad.detail)[:300]} (after {tries} sample(s))",
-                              spent["prompt_tokens"], spent["completion_tokens"]) from None
+                              spent["prompt_tokens"], spent["completion_tokens"], requests=spent["requests"],
+                              reply=clip_reply(result.content, self._redact), attempts=tries) from None
         seed = None if seed is None else seed + 1000003

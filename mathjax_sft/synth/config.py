@@ -69,17 +69,23 @@ class SynthConfig:
   max_retry_after: float = setting(300.0, "Longest server Retry-After honoured, seconds.")
   max_reply_retries: int = setting(2, "Re-samples (new seed) when a reply is empty, unparseable or "
                                    "fails the answer format check.")
+  warn_failure_rate: float = setting(0.5, "Warn (one line naming the most common failure reason) "
+                                     "when more than this fraction of the rows a run settles fail. "
+                                     "A run that writes no row while rows fail exits with status 4.")
   max_consecutive_failures: int = setting(200, "Abort (exit 3) when this many rows in a row fail "
                                           "for transport reasons (0 = never).")
   retry_rejected: bool = setting(False, "Also ask again rows that failed for a quality reason "
                                  "(verify rejected, duplicate, contaminated, answer format); rows "
                                  "that failed for a transport reason are always asked again.")
 
-  # Cost estimate, USD per 1M tokens (defaults: GPT-4 Turbo list prices).
-  price_prompt_per_million: float = setting(10.0, "USD per 1M prompt tokens for the cost estimate "
-                                            "(default: GPT-4 Turbo).")
-  price_completion_per_million: float = setting(30.0, "USD per 1M completion tokens for the cost "
-                                                "estimate.")
+  # Cost estimate, USD per 1M tokens: the list prices of known models (synth/prices.py).
+  price_prompt_per_million: float | None = setting(None, "USD per 1M prompt tokens for the cost "
+                                                   "estimate. none: the list price of --model when "
+                                                   "it is a known OpenAI model; other models (a "
+                                                   "local server) get no dollar figure unless both "
+                                                   "prices are given.")
+  price_completion_per_million: float | None = setting(None, "USD per 1M completion tokens for the "
+                                                       "cost estimate; none: as for the prompt price.")
   batch_discount: float = setting(0.5, "Price factor applied in batch mode.")
 
   # Quality filters.
@@ -132,12 +138,13 @@ class SynthConfig:
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("requests_per_minute", "tokens_per_minute"):
+    for name in ("requests_per_minute", "tokens_per_minute", "price_prompt_per_million",
+                 "price_completion_per_million"):
       if getattr(self, name) is not None and getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0 or none, got {getattr(self, name)}")
     non_negative = ("limit_references", "backoff_base",
                     "backoff_max", "max_retry_after", "max_reply_retries", "max_consecutive_failures",
-                    "price_prompt_per_million", "price_completion_per_million", "batch_poll_interval",
+                    "batch_poll_interval",
                     "dedup_save_interval")
     for name in non_negative:
       if getattr(self, name) < 0:
@@ -146,7 +153,7 @@ class SynthConfig:
       raise ValueError("temperatures must not be empty")
     if self.request_timeout <= 0:
       raise ValueError("request_timeout must be > 0")
-    for name in ("dedup_threshold", "decontam_jaccard_threshold", "batch_discount"):
+    for name in ("dedup_threshold", "decontam_jaccard_threshold", "batch_discount", "warn_failure_rate"):
       if not 0.0 < getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 

@@ -19,6 +19,11 @@ unfinished batches above `batch_enqueued_tokens` fails with `token_limit_exceede
 Faults, drawn per request from a seeded RNG (or forced in order by `script`): "429" (with
 Retry-After), "500", "hang" (no reply for `hang_seconds`), "empty" (content ""), "malformed"
 (cycling through an invalid JSON body, a JSON body without choices, and content without tags).
+`untagged` makes every reply ignore the format, as a small open model often does: the same text
+without its tags, after a chatty opening. `error_style="detail"` sends error bodies the way
+FastAPI servers (llama-cpp-python) do, `{"detail": message}`, instead of OpenAI's
+`{"error": {"message": ...}}`. `close()` also drops the connections clients keep open, as a
+server process that dies does.
 
 Standalone: `python -m mathjax_sft.synth.fake_server --port 0 --config '{"rate_500": 0.05}'` prints
 `PORT <n>` once listening.
@@ -33,6 +38,7 @@ import json
 import math
 import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -117,6 +123,8 @@ class FakeConfig:
   batch_status: list[str] = dataclasses.field(default_factory=list)  # terminal status of the n-th batch
   question_style: str = "template"    # "template" (four GSM8K templates) or "varied" (see module docstring)
   keep_log: bool = True               # keep (time, step, fault) of every chat request in `log`
+  untagged: bool = False              # every reply without its tags (see module docstring)
+  error_style: str = "openai"         # "openai" or "detail" (see module docstring)
   ratelimit_requests: int = 0         # requests per minute announced and enforced (0: no headers)
   ratelimit_tokens: int = 0           # tokens per minute announced and enforced (0: no headers)
   ratelimit_burst_seconds: float = 60.0   # bucket size, in seconds of the limit
@@ -326,6 +334,8 @@ class Handler(BaseHTTPRequestHandler):
       pass
 
   def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    if self.server.state.config.error_style == "detail":
+      return self._send(status, {"detail": message}, headers)
     self._send(status, {"error": {"message": message, "type": "fake_error", "code": str(status)}}, headers)
 
   def _body(self) -> bytes:
@@ -426,6 +436,8 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, {"id": "chatcmpl-nochoices", "object": "chat.completion", "usage": None})
       return self._send(200, completion(body, "I'd rather talk about something else."))
     content = "" if fault == "empty" else chat_reply(body, cfg)
+    if cfg.untagged and content:
+      content = "Sure! Here is what you asked for.\n\n" + re.sub(r"</?\w+>", "", content).strip()
     self._send(200, completion(body, content), limits)
 
   def _upload(self, raw: bytes) -> None:
@@ -552,7 +564,19 @@ class FakeServer(ThreadingHTTPServer):
 
   def __init__(self, config: FakeConfig, port: int = 0):
     self.state = FakeState(config)
+    self._connections: set[Any] = set()
+    self._connections_lock = threading.Lock()
     super().__init__(("127.0.0.1", port), Handler)
+
+  def process_request(self, request: Any, client_address: Any) -> None:
+    with self._connections_lock:
+      self._connections.add(request)
+    super().process_request(request, client_address)
+
+  def shutdown_request(self, request: Any) -> None:
+    with self._connections_lock:
+      self._connections.discard(request)
+    super().shutdown_request(request)
 
   @property
   def base_url(self) -> str:
@@ -567,9 +591,17 @@ class FakeServer(ThreadingHTTPServer):
     return self
 
   def close(self) -> None:
+    """Stops listening and drops every open connection."""
     self.state.stop.set()
     self.shutdown()
     self.server_close()
+    with self._connections_lock:
+      open_connections = list(self._connections)
+    for connection in open_connections:
+      try:
+        connection.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

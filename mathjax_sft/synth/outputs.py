@@ -36,6 +36,68 @@ LOCK_NAME = ".lock"
 _ID_HEAD = b'{"id":"'
 
 
+def row_ids(path: Path) -> Iterator[str]:
+  """The id of every line of a rows.jsonl, streamed; a line is parsed only when its id is not a
+  plain string at its start. An unterminated last line (a write in progress) is left out."""
+  if not path.exists():
+    return
+  with open(path, "rb") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.endswith(b"\n"):
+        return
+      if not line.endswith(b"}\n"):
+        raise StoreError(f"{path}:{line_no}: not a whole JSON object line")
+      end = line.find(b'"', len(_ID_HEAD))
+      if line.startswith(_ID_HEAD) and end > 0 and b"\\" not in line[len(_ID_HEAD):end]:
+        yield line[len(_ID_HEAD):end].decode("utf-8")
+      else:
+        row_id = JsonlStore.parse_line(path, line, line_no).get("id")
+        if not isinstance(row_id, str):
+          raise StoreError(f"{path}:{line_no}: a record without a string 'id'")
+        yield row_id
+
+
+class RowStates:
+  """Every row id recorded in the output directory, counted once, in its latest state: written
+  (in rows.jsonl), failed (its latest failure record has a final reason) or pending (its latest
+  failure was transient, so the next run asks it again). failures.jsonl is append-only: a row
+  that failed in two runs has two lines there, and counts once here."""
+
+  def __init__(self) -> None:
+    self.written = 0
+    self.last_failure: dict[str, str] = {}     # id -> reason of its latest failure (ids not written)
+    self.failed: collections.Counter[str] = collections.Counter()    # final reason -> rows
+    self.pending: collections.Counter[str] = collections.Counter()   # transient reason -> rows
+
+  def _counter(self, reason: str) -> collections.Counter[str]:
+    return self.pending if reason in retry.RETRYABLE else self.failed
+
+  def _forget_failure(self, row_id: str) -> None:
+    old = self.last_failure.pop(row_id, None)
+    if old is not None:
+      counter = self._counter(old)
+      counter[old] -= 1
+      if not counter[old]:
+        del counter[old]
+
+  def row(self, row_id: str) -> None:
+    """`row_id` was written (final; the caller writes an id once)."""
+    self._forget_failure(row_id)
+    self.written += 1
+
+  def failure(self, row_id: str, reason: str) -> None:
+    """`row_id` failed for `reason`; it replaces any earlier failure of the same row."""
+    self._forget_failure(row_id)
+    self.last_failure[row_id] = reason
+    self._counter(reason)[reason] += 1
+
+  def counts(self) -> dict[str, Any]:
+    """rows / failures / pending (each id once) and the failures and pending rows by reason."""
+    return {"rows": self.written, "failures": sum(self.failed.values()), "pending": sum(self.pending.values()),
+            "failures_by_reason": dict(sorted(self.failed.items())),
+            "pending_by_reason": dict(sorted(self.pending.items()))}
+
+
 class OutputDirBusy(errors.UserError, RuntimeError):
   """Another run holds the output directory."""
 
@@ -56,49 +118,33 @@ class OutputDir:
     self.question_field = question_field
     self.rows = JsonlStore(self.path / ROWS_NAME, fsync=fsync)
     self.failures = JsonlStore(self.path / FAILURES_NAME, fsync=fsync)
-    self.done: set[str] = set()
-    self.final_failure_ids: set[str] = set()
-    self.previous_rows = 0
-    self.previous_failures: collections.Counter[str] = collections.Counter()   # final, by reason
-    self.pending_retry: set[str] = set()   # rows whose last failure was transient: asked again
-    for row_id in self._row_ids():
-      self._remember(row_id, self.rows.path)
-      self.previous_rows += 1
-    for record in self.failures:
-      reason = str(record.get("reason"))
-      row_id = record.get("id")
-      if reason in retry.RETRYABLE or retry_rejected:   # not final: the row is asked again
-        if row_id not in self.done:
-          self.pending_retry.add(row_id)
+    self.states = RowStates()
+    self.done: set[str] = set()            # ids this run does not ask: written, or failed for good
+    for row_id in row_ids(self.rows.path):
+      if row_id in self.done:
+        log.warning("%s: id %s already recorded earlier; keeping the first record", self.rows.path, row_id)
         continue
-      self.pending_retry.discard(row_id)
-      if row_id not in self.done:
-        self.final_failure_ids.add(row_id)
-      self._remember(row_id, self.failures.path)
-      self.previous_failures[reason] += 1
+      self.done.add(row_id)
+      self.states.row(row_id)
+    for record in self.failures:
+      row_id = record.get("id")
+      if not isinstance(row_id, str):
+        raise StoreError(f"{self.failures.path}: a record without a string 'id'")
+      if row_id not in self.done:   # a row written after it failed is written
+        self.states.failure(row_id, str(record.get("reason")))
+    for row_id, reason in self.states.last_failure.items():
+      if reason not in retry.RETRYABLE and not retry_rejected:
+        self.done.add(row_id)
+    self.previous = self.states.counts()     # as the run found them
     self.usage: UsageTracker | None = None
     self.progress = None  # a tqdm bar, set by the runner when wanted
     self.read_seconds = 0.0   # how long opening took, set by the runner
     self._rows_commit = GroupCommit(self.rows)
     self._failures_commit = GroupCommit(self.failures)
 
-  def _row_ids(self) -> Iterator[str]:
-    """The id of every line of rows.jsonl, streamed; a line is parsed only when its id is not a
-    plain string at its start."""
-    if not self.rows.path.exists():
-      return
-    with open(self.rows.path, "rb") as f:
-      for line_no, line in enumerate(f, start=1):
-        if not line.endswith(b"}\n"):
-          raise StoreError(f"{self.rows.path}:{line_no}: not a whole JSON object line")
-        end = line.find(b'"', len(_ID_HEAD))
-        if line.startswith(_ID_HEAD) and end > 0 and b"\\" not in line[len(_ID_HEAD):end]:
-          yield line[len(_ID_HEAD):end].decode("utf-8")
-        else:
-          row_id = JsonlStore.parse_line(self.rows.path, line, line_no).get("id")
-          if not isinstance(row_id, str):
-            raise StoreError(f"{self.rows.path}:{line_no}: a record without a string 'id'")
-          yield row_id
+  def asked_again(self, row_id: str) -> bool:
+    """Whether `row_id` failed before and is asked again by this run."""
+    return row_id in self.states.last_failure and row_id not in self.done
 
   def row_questions(self, start: int = 0) -> Iterator[tuple[str, str]]:
     """(id, question) of every row from byte `start` of rows.jsonl on (each line parsed)."""
@@ -114,7 +160,7 @@ class OutputDir:
 
   def is_row(self, row_id: str) -> bool:
     """Whether `row_id` is recorded in rows.jsonl (not as a failure)."""
-    return row_id in self.done and row_id not in self.final_failure_ids
+    return row_id in self.done and row_id not in self.states.last_failure
 
   @property
   def rows_durable_bytes(self) -> int:
@@ -124,13 +170,6 @@ class OutputDir:
   @property
   def usage_path(self) -> Path:
     return self.path / USAGE_NAME
-
-  def _remember(self, row_id: Any, path: Path) -> None:
-    if not isinstance(row_id, str):
-      raise StoreError(f"{path}: a record without a string 'id'")
-    if row_id in self.done:
-      log.warning("%s: id %s already recorded earlier; keeping the first record", path, row_id)
-    self.done.add(row_id)
 
   def _claim(self, row_id: str) -> bool:
     if row_id in self.done:
@@ -143,7 +182,7 @@ class OutputDir:
     """Appends a finished row (once per id); returns when it is durable."""
     if self._claim(record["id"]):
       await self._rows_commit.append(record)
-      self._counted_row()
+      self._counted_row(record["id"])
 
   async def write_failure(self, record: dict[str, Any]) -> None:
     """Appends a failed row with its reason (once per id); returns when it is durable."""
@@ -155,7 +194,7 @@ class OutputDir:
     """`write_row` without waiting: durable after `drain`."""
     if self._claim(record["id"]):
       self._rows_commit.submit(record)
-      self._counted_row()
+      self._counted_row(record["id"])
 
   def queue_failure(self, record: dict[str, Any]) -> None:
     """`write_failure` without waiting: durable after `drain`."""
@@ -168,14 +207,16 @@ class OutputDir:
     await self._rows_commit.drain()
     await self._failures_commit.drain()
 
-  def _counted_row(self) -> None:
+  def _counted_row(self, row_id: str) -> None:
+    self.states.row(row_id)
     if self.usage is not None:
       self.usage.record_row()
     self._tick()
 
   def _counted_failure(self, record: dict[str, Any]) -> None:
+    self.states.failure(record["id"], record["reason"])
     if self.usage is not None:
-      self.usage.record_failure(record["reason"])
+      self.usage.record_failure(record["reason"], record["step"], record["detail"])
     log.info("row %s failed at %s: %s (%s)", record["id"], record["step"], record["reason"], record["detail"])
     self._tick()
 
@@ -183,7 +224,7 @@ class OutputDir:
     if self.progress is not None and self.usage is not None:
       u = self.usage
       self.progress.update(1)
-      self.progress.set_postfix(rows=u.rows_written, failed=u.rows_failed,
+      self.progress.set_postfix(rows=u.rows_written, failed=u.rows_not_written,
                                 tokens=u.prompt_tokens + u.completion_tokens, refresh=False)
 
   def close(self) -> None:

@@ -103,7 +103,7 @@ class OnlinePipeline:
       add(spent)
       raw[step] = result.content
       if not verdict.valid:
-        return await self._fail(task, step, "verify_rejected", verdict.reason, usage)
+        return await self._fail(task, step, "verify_rejected", verdict.reason, usage, reply=self.chat.clip(result.content))
 
       step = steps.FILTER
       hit = await self.filters.check(verdict.question, task.id)
@@ -118,16 +118,19 @@ class OnlinePipeline:
       add(spent)
       raw[step] = result.content
     except RequestFailed as failed:
-      usage["prompt_tokens"] += failed.prompt_tokens
-      usage["completion_tokens"] += failed.completion_tokens
-      return await self._fail(task, step, failed.reason, failed.detail, usage)
+      add({"requests": failed.requests, "prompt_tokens": failed.prompt_tokens,
+           "completion_tokens": failed.completion_tokens})
+      return await self._fail(task, step, failed.reason, failed.detail, usage, attempts=failed.attempts,
+                              reply=failed.reply)
 
     await self.out.write_row(steps.row_record(fmt, task, question=verdict.question, verdict=verdict, answer=answer,
                                         raw=raw, model=model_used, usage=usage))
     self._after_row(None)
 
-  async def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str, usage: dict[str, int]) -> None:
-    await self.out.write_failure(steps.failure_record(task, step, reason, detail, usage, self.config.model))
+  async def _fail(self, task: steps.RowTask, step: str, reason: str, detail: str, usage: dict[str, int], *,
+                  attempts: int = 1, reply: str | None = None) -> None:
+    await self.out.write_failure(steps.failure_record(task, step, reason, detail, usage, self.config.model,
+                                                      attempts=attempts, reply=reply))
     self._after_row(reason)
 
   def _after_row(self, reason: str | None) -> None:

@@ -71,6 +71,37 @@ def classify(error: BaseException) -> str:
   return CLIENT_ERROR
 
 
+def server_message(error: BaseException, limit: int = 300) -> str | None:
+  """What the server itself said in an HTTP error reply (`{"error": {"message": ...}}` as OpenAI
+  and vLLM write it, `{"detail": ...}` as FastAPI servers such as llama-cpp-python do, or a plain
+  text body), cut to `limit` characters; None when there is no reply or it is empty."""
+  if not isinstance(error, openai.APIStatusError):
+    return None
+  body: object = error.body
+  for key in ("error", "message", "detail"):
+    if isinstance(body, dict) and key in body:
+      body = body[key]
+  if isinstance(body, dict):
+    body = body.get("message") or body.get("detail") or body
+  if body is None or isinstance(body, (dict, list)):
+    try:
+      body = error.response.text
+    except Exception:  # a streamed or closed reply has no text
+      return None
+  text = " ".join(str(body).split())
+  return text[:limit] or None
+
+
+def describe_error(error: BaseException, limit: int = 300) -> str:
+  """`Class: message`, with an HTTP error's status and the server's own message."""
+  if isinstance(error, openai.APIStatusError):
+    said = server_message(error, limit)
+    return f"{type(error).__name__}: {error.status_code}" + (f" {said}" if said else "")
+  cause = error.__cause__ if isinstance(error, openai.APIConnectionError) else None
+  because = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+  return f"{type(error).__name__}: {error}{because}"[:limit]
+
+
 def error_headers(error: BaseException) -> Mapping[str, str] | None:
   """Response headers of an HTTP error, if it has any."""
   response = getattr(error, "response", None)

@@ -134,8 +134,12 @@ def row_record(fmt: DatasetFormat, task: RowTask, *, question: str, verdict: Ver
   return record
 
 
-def failure_record(task: RowTask, step: str, reason: str, detail: str, usage: dict[str, int],
-                   model: str) -> dict[str, Any]:
-  """A row that will not be produced, and why."""
+def failure_record(task: RowTask, step: str, reason: str, detail: str, usage: dict[str, int], model: str, *,
+                   attempts: int = 1, reply: str | None = None) -> dict[str, Any]:
+  """A row that will not be produced, and why: the step it stopped at, the reason (counted),
+  the detail, how many samples or HTTP attempts that step made, what the whole row spent
+  (`usage`: requests, tokens), and the last reply of the failing step as the server sent it
+  (redacted and clipped; None when there was none, e.g. a quality filter's removal)."""
   return {"id": task.id, "reference_id": task.reference.id, "k": task.k, "step": step, "reason": reason,
-          "detail": detail, "model": model, "usage": usage, "created_at": round(time.time(), 3)}
+          "detail": detail, "attempts": attempts, "model": model, "usage": usage, "reply": reply,
+          "created_at": round(time.time(), 3)}

@@ -12,7 +12,7 @@ from mathjax_sft.synth import batch as batch_module
 from mathjax_sft.synth.batch_pipeline import STATE_NAME
 from mathjax_sft.synth.formats import check_gsm8k_answer
 from mathjax_sft.synth.references import load_references
-from mathjax_sft.synth.run import run
+from mathjax_sft.synth.run import NoRowsWritten, run
 from mathjax_sft.synth.steps import make_tasks
 from tests.synth.helpers import PLANTED_KEY, fast_config, read_jsonl
 
@@ -64,9 +64,12 @@ def test_batch_rounds_exhausted_records_failure(tmp_path, gsm8k_input, fake_serv
   server = fake_server(batch_status=["failed"] * 2)
   out = tmp_path / "out"
   config = fast_config(gsm8k_input(2), out, server.base_url, mode="batch", per_reference=1, batch_max_rounds=2)
-  run(config, api_key=PLANTED_KEY)
+  with pytest.raises(NoRowsWritten, match=r"none of the 2 rows .* most for batch_failed \(2, at step new_question; "
+                                          r"e.g. no result in batch"):
+    run(config, api_key=PLANTED_KEY)
   failures = read_jsonl(out / "failures.jsonl")
-  assert [(f["step"], f["reason"]) for f in failures] == [("new_question", "batch_failed")] * 2
+  assert [(f["step"], f["reason"], f["attempts"]) for f in failures] == [("new_question", "batch_failed", 2)] * 2
+  assert all(f["usage"]["requests"] == 2 for f in failures)     # one per round
   assert outcomes(out) == expected(config)
 
 

@@ -45,6 +45,7 @@ def test_help_explains_every_flag():
   for name, text in helps.items():
     assert len(text) >= 15, (name, text)
   assert "OPENAI_API_KEY" in result.stdout
+  assert " 4 the run asked rows and wrote none of them" in " ".join(result.stdout.split())   # its exit status
 
 
 def test_bad_input_and_missing_key_are_clear_errors(tmp_path, gsm8k_input):
@@ -102,3 +103,34 @@ def test_sigkill_mid_run_then_resume(tmp_path, gsm8k_input, fake_server):
   for path in out.rglob("*"):
     if path.is_file():
       assert PLANTED_KEY.encode() not in path.read_bytes()
+
+
+def test_a_teacher_that_ignores_the_format_exits_4_and_its_replies_can_be_read(tmp_path, gsm8k_input, fake_server):
+  server = fake_server(untagged=True)
+  out = tmp_path / "out"
+  result = subprocess.run(_args(gsm8k_input(1), out, server.base_url, "--per_reference=2", "--max_reply_retries=1"),
+                          env=_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 4, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == ("synthesize: no rows written: none of the 2 rows of this run was written: most for malformed_reply "
+                  "(2, at step new_question; e.g. step 1 reply has no <question>...</question> (after 2 sample(s))); "
+                  f"the replies: python tools/inspect_failures.py --output_dir={out}")
+  assert json.loads(result.stdout)["output_files"]["failures"] == 2
+
+  report = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_failures.py"), f"--output_dir={out}"],
+                          env=_env(), capture_output=True, text=True, timeout=60)
+  assert report.returncode == 0, report.stderr
+  lines = report.stdout.splitlines()
+  assert lines[0] == f"{out}: 2 failed rows, 1 reasons"
+  assert lines[2] == "malformed_reply: 2 rows (final); at step new_question 2"
+  assert "  its last reply:" in lines and any(l.startswith("    Sure! Here is what you asked for.") for l in lines)
+
+
+def test_a_refused_key_is_one_line_naming_the_server_message(tmp_path, gsm8k_input, fake_server):
+  server = fake_server(error_style="detail")
+  result = subprocess.run(_args(gsm8k_input(1), tmp_path / "out", server.base_url), env=_env("sk-not-this-one-42"),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 3
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"synthesize: stopped: {server.base_url} refused the API key from $OPENAI_API_KEY (401: Incorrect API key "
+      "provided.) at step new_question; set the key this server expects, or check --base_url")

@@ -14,7 +14,7 @@ from mathjax_sft.synth.client import EndpointUnreachable, FatalAPIError
 from mathjax_sft.synth.formats import check_gsm8k_answer, check_math_answer
 from mathjax_sft.synth.pipeline import RunAborted
 from mathjax_sft.synth.references import load_references
-from mathjax_sft.synth.run import run
+from mathjax_sft.synth.run import NoRowsWritten, run
 from mathjax_sft.synth.steps import make_tasks
 from mathjax_sft.synth import fake_server as fake_teacher
 from tests.synth.helpers import PLANTED_KEY, fast_config, gsm8k_reference, read_jsonl, write_jsonl
@@ -133,7 +133,8 @@ def test_exhausted_retries_are_recorded_and_dead_endpoint_aborts(tmp_path, gsm8k
                        max_concurrency=1)
   summary = run(config, api_key=PLANTED_KEY)["runs"][-1]
   assert summary["failures_by_reason"].get("server_error", 0) >= 1
-  assert summary["rows_written"] + summary["rows_failed"] == 16
+  assert summary["rows_written"] + summary["rows_failed"] + summary["rows_pending"] == 16
+  assert summary["rows_pending"] == summary["failures_by_reason"]["server_error"]   # asked again next time
   assert sorted(outcome_ids(tmp_path / "out")) == expected_ids(config)
 
   dead = fake_server(rate_500=1.0)
@@ -164,7 +165,9 @@ def test_resume_skips_finished_rows_and_dedups_across_runs(tmp_path, fake_server
   # The third reference now makes a question identical to one finished in the first run.
   second = fake_server(contaminate={"Reference number 2": earlier_question})
   config = fast_config(path, out, second.base_url, per_reference=2)
-  summary = run(config, api_key=PLANTED_KEY)["runs"][-1]
+  with pytest.raises(NoRowsWritten, match="none of the 2 rows of this run was written: most for exact_duplicate"):
+    run(config, api_key=PLANTED_KEY)
+  summary = json.loads((out / "usage.json").read_text())["runs"][-1]
   steps_asked = [step for _, step, _ in second.state.log]
   assert steps_asked.count("new_question") == 2      # only the new reference's two rows
   assert summary["failures_by_reason"] == {"exact_duplicate": 2} and summary["rows_done_before"] == 4
@@ -242,7 +245,12 @@ def test_outage_mid_run_loses_no_row(tmp_path, gsm8k_input, fake_server):
   rows = read_jsonl(out / "rows.jsonl")
   ids = [r["id"] for r in rows]
   assert sorted(ids) == expected_ids(config) and len(set(ids)) == len(ids)   # 0 lost, 0 twice
-  assert summary["pending_retry"] == 0 and summary["final_failures"] == 0
+  assert summary["rows_pending"] == summary["rows_failed"] == 0
+  usage = json.loads((out / "usage.json").read_text())
+  # The 3 rows that failed in the first run are counted once, as written.
+  assert usage["output_files"] == {"rows": 16, "failures": 0, "pending": 0, "failures_by_reason": {},
+                                   "pending_by_reason": {}}
+  assert (usage["total"]["rows_written"], usage["total"]["rows_failed"], usage["total"]["rows_pending"]) == (16, 0, 0)
 
 
 def test_failing_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm8k_input, fake_server):
@@ -256,7 +264,8 @@ def test_failing_endpoint_fails_the_run_and_keeps_rows_pending(tmp_path, gsm8k_i
   from mathjax_sft.synth.outputs import OutputDir
   out = OutputDir(tmp_path / "out", "question")
   try:
-    assert out.done == set() and len(out.pending_retry) == 4
+    assert out.done == set() and out.states.counts()["pending_by_reason"] == {"server_error": 4}
+    assert all(out.asked_again(row_id) for row_id in expected_ids(config))
   finally:
     out.close()
 
