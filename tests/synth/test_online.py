@@ -97,6 +97,9 @@ def test_500_hang_empty_and_malformed_are_retried(tmp_path, gsm8k_input, fake_se
                        request_timeout=0.5)
   summary = run(config, api_key=PLANTED_KEY)["runs"][-1]
   assert summary["rows_written"] == 2 and summary["rows_failed"] == 0
+  # Every attempt (failed ones, re-samples) is counted for its row.
+  rows = read_jsonl(tmp_path / "out" / "rows.jsonl")
+  assert sum(r["usage"]["requests"] for r in rows) == summary["requests"] == 6 + 7
   # The hung request counts as a timeout (had it been awaited, its late 504 would count as a
   # server error) and the retry went out long before the hang would have ended.
   assert summary["request_errors"] == {"server_error": 2, "timeout": 1, "malformed_response": 2}
