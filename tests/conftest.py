@@ -1,6 +1,20 @@
-"""Test setup: 8 simulated host devices, CPU platform, no network."""
+"""Test setup: 8 simulated host devices, CPU platform, no network, and one XLA compilation cache
+for the session.
 
+The cache is a fresh directory, removed at exit: programs of the same shapes compile once across
+the tests and the tools they start (`MATHJAX_COMPILATION_CACHE` for tools/sample.py, JAX's own
+variables for the rest), and nothing is read from or written to the user's cache."""
+
+import atexit
 import os
+import shutil
+import tempfile
+
+_XLA_CACHE = tempfile.mkdtemp(prefix="mathjax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("MATHJAX_COMPILATION_CACHE", _XLA_CACHE)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

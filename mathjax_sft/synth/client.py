@@ -223,14 +223,13 @@ class ChatClient:
                                 "max_tokens": max_tokens}
       if seed is not None:
         kwargs["seed"] = seed
-      body_text = None
+      raw = None
       try:
         # The body is posted as it is: the typed `chat.completions.create` spends more CPU on
         # transforming its arguments and building reply models than on the HTTP exchange.
         raw = await asyncio.wait_for(self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response),
                                      timeout=self._timeout)
         self._limiter.observe(raw.headers, ticket)
-        body_text = raw.text
         result = read_completion(JsonView.wrap(raw.json()))
       except asyncio.CancelledError:
         raise
@@ -247,7 +246,7 @@ class ChatClient:
         if failure in retry.RETRYABLE:
           self.outage.failed_attempt(failure, self.describe(error))
         if not self._policy.should_retry(failure, attempt):
-          said = retry.server_message(error, MAX_REPLY_CHARS) or body_text
+          said = retry.server_message(error, MAX_REPLY_CHARS) or (raw.text if raw is not None else None)
           raise RequestFailed(failure, f"{step}: {self.url}: {self.describe(error)} (after {attempt} attempt(s))",
                               requests=attempt, reply=clip_reply(said, self._redact), attempts=attempt) from None
         delay = self._policy.delay(attempt, retry_after, self._rng)

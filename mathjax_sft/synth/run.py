@@ -160,7 +160,7 @@ async def _run(config: SynthConfig, out: OutputDir, references, api_key: str, ke
                 out.rows.torn_bytes_removed, out.failures.torn_bytes_removed)
   usage = UsageTracker(out.usage_path, mode=config.mode, model=config.model, prices=prices,
                        discount=config.batch_discount if config.mode == "batch" else 1.0,
-                       row_states=out.states.counts, retryable=retry.RETRYABLE)
+                       row_states=out.states.counts)
   usage.rows_in = pending_count
   usage.extra["rows_done_before"] = total - pending_count
   out.usage = usage

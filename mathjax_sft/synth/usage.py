@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mathjax_sft.synth import retry
 from mathjax_sft.synth.prices import Prices
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,14 @@ class UsageTracker:
   """Counters of the current run, plus the runs recorded before it in `path`."""
 
   def __init__(self, path: Path, *, mode: str, model: str, prices: Prices, discount: float = 1.0,
-               row_states: Callable[[], dict[str, Any]] | None = None, retryable: frozenset[str] = frozenset()):
-    """`row_states` gives the output directory's counts (`RowStates.counts`); `retryable` are the
-    failure reasons that leave a row pending."""
+               row_states: Callable[[], dict[str, Any]] | None = None):
+    """`row_states` gives the output directory's counts (`RowStates.counts`)."""
     self.path = Path(path)
     self.mode = mode
     self.model = model
     self.prices = prices
     self.discount = discount
     self._row_states = row_states or (lambda: {})
-    self._retryable = retryable
     self.started_wall = time.time()
     self.started = time.monotonic()
     self.rows_in = 0
@@ -110,7 +109,7 @@ class UsageTracker:
     """What this run did: rows written, failed for good and left pending (each of its rows once),
     failures by reason, requests, tokens, cost."""
     elapsed = self.elapsed
-    pending = sum(n for reason, n in self.failures_by_reason.items() if reason in self._retryable)
+    pending = sum(n for reason, n in self.failures_by_reason.items() if reason in retry.RETRYABLE)
     return {
         "mode": self.mode,
         "model": self.model,
