@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _cmd(ckpt, out, cache, rows=4, chunk=4):
   return [sys.executable, "tools/sample.py", f"--checkpoint={ckpt}", "--dataset=gsm8k",
-          "--num_problems=6", "--num_samples=3", "--max_new_tokens=24", f"--rows={rows}",
+          "--num_problems=6", "--num_samples=3", "--max_new_tokens=16", f"--rows={rows}",
           f"--chunk_steps={chunk}", "--temperature=0.7", "--seed=5", f"--output_dir={out}",
           "--grader_workers=1", f"--compilation_cache={cache}"]
 
