@@ -247,7 +247,8 @@ def _log_size(out: Path) -> int:
   return path.stat().st_size if path.exists() else 0
 
 
-_OUTPUT_READ = re.compile(r"output directory read: (\d+) rows, (\d+) failures in ([\d.]+)s")
+# "N rows, M failed, P pending in Ts" (and "N rows, M failures in Ts" of older checkouts)
+_OUTPUT_READ = re.compile(r"output directory read: (\d+) rows, (\d+) (?:failures|failed, (\d+) pending) in ([\d.]+)s")
 _INDEX_LOADED = re.compile(r"dedup index loaded: (\d+) questions .* in ([\d.]+)s")
 _INDEX_READY = re.compile(r"dedup index ready: (\d+) questions \((\d+) rows read from rows.jsonl\) in ([\d.]+)s")
 
@@ -263,7 +264,8 @@ def _resume_parts(out: Path, start: int) -> dict[str, float]:
   read, loaded, ready = _OUTPUT_READ.search(text), _INDEX_LOADED.search(text), _INDEX_READY.search(text)
   if read is None or ready is None:   # a tool that does not log them (an older checkout)
     return {}
-  parts = {"records": int(read.group(1)) + int(read.group(2)), "output_read_s": float(read.group(3)),
+  parts = {"records": int(read.group(1)) + int(read.group(2)) + int(read.group(3) or 0),
+           "output_read_s": float(read.group(4)),
            "index_questions_loaded": int(loaded.group(1)) if loaded else 0,
            "index_load_s": float(loaded.group(2)) if loaded else 0.0,
            "rows_indexed_after_save": int(ready.group(2))}
