@@ -163,8 +163,9 @@ class JsonView:
     return JsonView.wrap(self._data.get(name))
 
 
-def read_completion(response: Any) -> ChatResult:
-  """Pulls content and usage out of a reply; ValueError when it is not a chat completion."""
+def read_completion(response: Any, attempts: int = 1) -> ChatResult:
+  """Pulls content and usage out of a reply (the `attempts`-th HTTP request for it); ValueError
+  when it is not a chat completion."""
   choices = getattr(response, "choices", None)
   if not isinstance(choices, list) or not choices:
     raise ValueError("reply has no choices")
@@ -179,7 +180,7 @@ def read_completion(response: Any) -> ChatResult:
     raise ValueError("usage is not integer token counts")
   model = getattr(response, "model", None)
   return ChatResult(content, prompt_tokens, completion_tokens, model if isinstance(model, str) else None,
-                    getattr(choices[0], "finish_reason", None))
+                    getattr(choices[0], "finish_reason", None), attempts)
 
 
 class ChatClient:
@@ -230,7 +231,7 @@ class ChatClient:
         raw = await asyncio.wait_for(self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response),
                                      timeout=self._timeout)
         self._limiter.observe(raw.headers, ticket)
-        result = read_completion(JsonView.wrap(raw.json()))
+        result = read_completion(JsonView.wrap(raw.json()), attempts=attempt)
       except asyncio.CancelledError:
         raise
       except Exception as error:  # classified below; nothing from the server is evaluated
@@ -258,7 +259,7 @@ class ChatClient:
       self._usage.record_tokens(step, result.prompt_tokens, result.completion_tokens)
       self._limiter.settle(estimate, result.prompt_tokens + result.completion_tokens)
       self.outage.succeeded(sent_at)
-      return dataclasses.replace(result, attempts=attempt)
+      return result
 
   async def complete_parsed(self, step: str, messages: list[dict[str, str]], parse: Callable[[str | None], T],
                             *, model: str, temperature: float, max_tokens: int,
