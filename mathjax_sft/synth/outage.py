@@ -32,10 +32,6 @@ class Outage:
     self._level = logging.WARNING                # of the current spell's lines
     self._quiet_until = float("-inf")
 
-  @property
-  def active(self) -> bool:
-    return self.started is not None
-
   def now(self) -> float:
     """The clock a request's send time is read from, to pass to `succeeded`."""
     return self._clock()

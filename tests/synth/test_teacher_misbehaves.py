@@ -16,6 +16,7 @@ from mathjax_sft import errors
 from mathjax_sft.synth import failure_report
 from mathjax_sft.synth.client import FatalAPIError
 from mathjax_sft.synth.fake_server import FakeConfig, FakeServer
+from mathjax_sft.synth.outage import Outage
 from mathjax_sft.synth.pipeline import RunAborted
 from mathjax_sft.synth.prices import prices_for
 from mathjax_sft.synth.run import NoRowsWritten, run
@@ -165,3 +166,43 @@ def test_cost_only_for_known_models_or_given_prices(tmp_path, gsm8k_input, fake_
     run(half, api_key=PLANTED_KEY)
   assert err.value.flag == "--price_completion_per_million"
   assert not (tmp_path / "half").exists()       # refused before anything was made
+
+
+def test_spells_that_come_and_go_log_two_lines_a_minute_at_most(caplog):
+  """429s at a busy rate limit: a spell that starts within a minute of the last one's end is
+  logged at debug level only; a request sent before the last failure does not end a spell."""
+  now = [0.0]
+  outage = Outage("http://teacher/v1", 6, clock=lambda: now[0])
+  caplog.set_level(logging.DEBUG, logger="mathjax_sft.synth.outage")
+
+  def spell(start: float) -> None:
+    now[0] = start
+    sent = outage.now()
+    outage.failed_attempt("rate_limited", "RateLimitError: 429")
+    outage.succeeded(sent - 1.0)        # sent before the failure: the spell goes on
+    now[0] = start + 2.0
+    outage.succeeded(outage.now())
+
+  for start in (0.0, 10.0, 20.0, 100.0):
+    spell(start)
+  levels = [(r.levelno, r.getMessage().split(" ")[1]) for r in caplog.records]
+  assert levels == [(logging.WARNING, "is"), (logging.INFO, "answers"),
+                    (logging.DEBUG, "is"), (logging.DEBUG, "answers"),
+                    (logging.DEBUG, "is"), (logging.DEBUG, "answers"),
+                    (logging.WARNING, "is"), (logging.INFO, "answers")]
+  assert outage.spells == 4 and outage.started is None
+
+
+def test_a_run_where_most_rows_fail_warns_in_one_line(tmp_path, gsm8k_input, fake_server, caplog):
+  server = fake_server(poison=["Reference number 1", "Reference number 2"])   # empty replies
+  caplog.set_level(logging.INFO)
+  out = tmp_path / "out"
+  config = fast_config(gsm8k_input(3), out, server.base_url, per_reference=2)
+  assert run(config, api_key=PLANTED_KEY)["runs"][-1]["rows_written"] == 2
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "rows of this run" in r.getMessage()]
+  assert warned == ["4 of the 6 rows of this run failed: most for empty_content (4, at step new_question; e.g. "
+                    "the reply has no text (after 3 sample(s))); the replies: python tools/inspect_failures.py "
+                    f"--output_dir={out}"]
+  caplog.clear()
+  run(dataclasses.replace(config, output_dir=tmp_path / "quiet", warn_failure_rate=0.7), api_key=PLANTED_KEY)
+  assert not [r for r in caplog.records if "rows of this run" in r.getMessage()]
