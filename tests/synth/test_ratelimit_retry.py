@@ -188,9 +188,9 @@ def test_limiter_follows_the_server_headers_and_caps_them():
 
 def test_run_without_rate_flags_paces_to_the_server_headers(tmp_path, gsm8k_input, fake_server):
   """The server allows 2400 requests a minute in bursts of 5 and answers 429 beyond; it says so
-  in x-ratelimit headers. With no rate flags the run paces itself to them: only requests sent
-  before the first reply can find the bucket empty. With the client's limits off it runs into
-  the server's limit again and again."""
+  in x-ratelimit headers. With no rate flags the run paces itself to them: after the requests
+  sent before the first reply, the bucket is (nearly) never found empty. With the client's limits
+  off it runs into the server's limit again and again."""
   from mathjax_sft.synth.run import run
   from tests.synth.helpers import PLANTED_KEY, fast_config, read_jsonl
 
@@ -204,5 +204,8 @@ def test_run_without_rate_flags_paces_to_the_server_headers(tmp_path, gsm8k_inpu
 
   paced = one_run("paced", requests_per_minute=None, tokens_per_minute=None)
   unpaced = one_run("unpaced", requests_per_minute=0, tokens_per_minute=0)
-  assert paced <= 6 - 5          # the opening burst of 6 against a bucket of 5, then none
-  assert unpaced >= 3 * max(paced, 1)
+  # The opening burst of 6 against a bucket of 5 (one 429), then at most one more: client and
+  # server refill at the same rate, so on a busy machine a request can still come a few ms early.
+  # Unpaced, the run hits the limit ~30 times.
+  assert paced <= 2
+  assert unpaced >= 5 * max(paced, 1)
