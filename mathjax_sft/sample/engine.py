@@ -549,9 +549,9 @@ class Engine:
 
     k, v = move(cache.k, formats.cache.k), move(cache.v, formats.cache.v)
     rest = lambda st: dataclasses.replace(st, cache=dataclasses.replace(st.cache, k=(), v=()))
-    key = (state.slot.shape[0], len(order))
+    key = ("shrink", state.slot.shape[0], len(order))
     if key not in self._state_programs:
-      self._note_shape(("shrink",) + key)
+      self._note_shape(key)
 
       def shrink(state, order, live):
         take = lambda x: jnp.take(x, order, axis=0)

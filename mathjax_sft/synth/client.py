@@ -35,14 +35,16 @@ MAX_REPLY_CHARS = 4000   # of a reply kept in a failure record
 T = TypeVar("T")
 
 
+def clip(text: str, limit: int) -> str:
+  """`text`, or its first `limit` characters and how many more there were."""
+  if len(text) <= limit:
+    return text
+  return text[:limit] + f" [... {len(text) - limit} more characters]"
+
+
 def clip_reply(content: str | None, redact: Callable[[str], str]) -> str | None:
   """A reply as a failure record keeps it: redacted, and its head only when it is long."""
-  if content is None:
-    return None
-  text = redact(content)
-  if len(text) <= MAX_REPLY_CHARS:
-    return text
-  return text[:MAX_REPLY_CHARS] + f" [... {len(text) - MAX_REPLY_CHARS} more characters]"
+  return None if content is None else clip(redact(content), MAX_REPLY_CHARS)
 
 
 class MissingKeyError(errors.UserError, RuntimeError):
@@ -244,11 +246,12 @@ class ChatClient:
         retry_after = retry.parse_retry_after(retry.error_headers(error))
         if failure == retry.RATE_LIMITED and retry_after:
           self._limiter.pause_for(min(retry_after, self._policy.max_retry_after))
+        description = self.describe(error)
         if failure in retry.RETRYABLE:
-          self.outage.failed_attempt(failure, self.describe(error))
+          self.outage.failed_attempt(failure, description)
         if not self._policy.should_retry(failure, attempt):
           said = retry.server_message(error, MAX_REPLY_CHARS) or (raw.text if raw is not None else None)
-          raise RequestFailed(failure, f"{step}: {self.url}: {self.describe(error)} (after {attempt} attempt(s))",
+          raise RequestFailed(failure, f"{step}: {self.url}: {description} (after {attempt} attempt(s))",
                               requests=attempt, reply=clip_reply(said, self._redact), attempts=attempt) from None
         delay = self._policy.delay(attempt, retry_after, self._rng)
         self._usage.retries += 1

@@ -16,6 +16,7 @@ from mathjax_sft import errors
 from mathjax_sft.configtree import setting
 from mathjax_sft.jsonl_store import read_complete
 from mathjax_sft.synth import retry
+from mathjax_sft.synth.client import clip
 from mathjax_sft.synth.outputs import FAILURES_NAME, ROWS_NAME, row_ids
 
 
@@ -94,9 +95,7 @@ def format_groups(groups: list[FailureGroup], output_dir: Path, top: int, max_re
               f"request(s), {usage.get('prompt_tokens', 0)} + {usage.get('completion_tokens', 0)} tokens"]
     reply = ex.get("reply")
     if reply:
-      shown = reply[:max_reply_chars]
-      more = f" [... {len(reply) - len(shown)} more characters]" if len(reply) > len(shown) else ""
-      lines += ["  its last reply:", _indent(shown + more)]
+      lines += ["  its last reply:", _indent(clip(reply, max_reply_chars))]
     else:
       lines.append("  no reply kept (a filter's removal, or no reply came back)")
   return "\n".join(lines)
